@@ -1,0 +1,163 @@
+"""The benchmark interface: a benchmark is data (samples) plus a scoring function.
+
+A benchmark yields :class:`Sample` objects whose ``prompt`` is final user text (already truncated
+where the benchmark's definition says so). The runner wraps it with the model's chat template when
+``chat`` is true, appends ``answer_prefix`` after that template, generates, and asks the benchmark
+to score the prediction. Per-sample records are plain JSON, so scoring and aggregation can be
+re-run from ``predictions.jsonl`` alone.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Sample:
+    """One prompt to answer.
+
+    Attributes
+    ----------
+    id : str
+        Unique and stable across reruns of the same configuration (resume key).
+    task : str
+        Sub-task name (e.g. ``"niah"``, ``"qasper"``, ``"niah_single_1"``).
+    prompt : str
+        User text. Wrapped with the chat template when ``chat`` is true.
+    references : list
+        Gold answers, JSON-serialisable.
+    max_new_tokens : int
+        Generation limit.
+    chat : bool
+        Apply the model's chat template (``add_generation_prompt=True``).
+    answer_prefix : str
+        Text appended after the (optional) chat template, e.g. RULER's answer cue.
+    stop_newline : bool
+        Stop generation at the first newline token (LongBench samsum, NIAH lineage).
+    meta : dict
+        JSON-serialisable extras the scorer or the tables need (depth, length, classes, ...).
+    """
+
+    id: str
+    task: str
+    prompt: str
+    references: list[Any]
+    max_new_tokens: int
+    chat: bool = True
+    answer_prefix: str = ""
+    stop_newline: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PromptContext:
+    """What a benchmark may know about the model when it builds prompts.
+
+    Attributes
+    ----------
+    tokenizer : transformers.PreTrainedTokenizerBase
+        The model's tokenizer (for period-aligned insertion, length fitting, truncation).
+    model_name : str
+        Config name of the model (``model.name``).
+    max_prompt_tokens : int
+        Longest prompt (in tokens) the model config allows; benchmarks truncate to it.
+    seed : int
+        Run seed, for benchmarks that generate data.
+    chat_template : bool
+        False when the model config disables chat templates (base models); benchmarks may ignore.
+    """
+
+    tokenizer: Any
+    model_name: str
+    max_prompt_tokens: int
+    seed: int = 42
+    chat_template: bool = True
+
+
+class Benchmark(ABC):
+    """Base class. Subclasses are dataclasses built by Hydra from ``configs/bench/*.yaml``."""
+
+    name: str = "benchmark"
+
+    @abstractmethod
+    def samples(self, ctx: PromptContext) -> Iterable[Sample]:
+        """Yield the samples of this benchmark in a deterministic order."""
+
+    @abstractmethod
+    def score(self, record: dict[str, Any]) -> dict[str, float]:
+        """Score one finished record.
+
+        Parameters
+        ----------
+        record : dict
+            A ``predictions.jsonl`` line: at least ``prediction``, ``references``, ``task``, ``meta``.
+
+        Returns
+        -------
+        dict[str, float]
+            Metric name -> value. The key named by :meth:`headline_metric` must be present.
+        """
+
+    def headline_metric(self) -> str:
+        """Name of the per-sample metric averaged into the headline score."""
+        return "score"
+
+    def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Aggregate scored records into ``scores.json`` content.
+
+        The default: mean of every metric over all samples and per task. The key ``"score"`` is the
+        headline value shown in the summary.
+        """
+        return default_aggregate(records, self.headline_metric())
+
+    def write_artifacts(self, run_dir: Path, records: Sequence[dict[str, Any]]) -> list[Path]:
+        """Write extra files (plots, tables) into the run folder; return their paths."""
+        return []
+
+
+def default_aggregate(records: Sequence[dict[str, Any]], headline: str) -> dict[str, Any]:
+    """Mean of each metric overall and per task; ``score`` is the mean of ``headline``."""
+    if not records:
+        return {"score": float("nan"), "num_samples": 0, "metrics": {}, "per_task": {}}
+    metric_names = sorted({k for r in records for k in r["scores"]})
+
+    def means(rs: Sequence[dict[str, Any]]) -> dict[str, float]:
+        out = {}
+        for m in metric_names:
+            vals = [r["scores"][m] for r in rs if m in r["scores"]]
+            if vals:
+                out[m] = sum(vals) / len(vals)
+        return out
+
+    per_task: dict[str, dict[str, float]] = {}
+    for task in sorted({r["task"] for r in records}):
+        task_records = [r for r in records if r["task"] == task]
+        per_task[task] = {"num_samples": len(task_records), **means(task_records)}
+    overall = means(records)
+    return {
+        "score": overall.get(headline, float("nan")),
+        "headline_metric": headline,
+        "num_samples": len(records),
+        "metrics": overall,
+        "per_task": per_task,
+    }
+
+
+def middle_truncate(text: str, tokenizer: Any, max_tokens: int) -> str:
+    """Keep the first and last ``max_tokens // 2`` tokens of ``text`` (LongBench / InfiniteBench rule).
+
+    The two halves are decoded separately with ``skip_special_tokens=True`` and joined, exactly as
+    LongBench's ``pred.py`` and InfiniteBench's ``eval_utils.py`` do. Text within the limit is
+    returned unchanged.
+    """
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) <= max_tokens:
+        return text
+    half = int(max_tokens / 2)
+    return tokenizer.decode(ids[:half], skip_special_tokens=True) + tokenizer.decode(
+        ids[-half:], skip_special_tokens=True
+    )
