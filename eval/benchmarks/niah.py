@@ -1,0 +1,129 @@
+"""Needle-in-a-Haystack in the KV-compression lineage (FranxYao -> PyramidKV -> LAVa); benchmarks.md section 2.2."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from eval.benchmarks.base import Benchmark, PromptContext, Sample
+from eval.benchmarks.haystack import paul_graham_essays
+from eval.metrics.niah import NEEDLE_ANSWER, exact_match, rouge1_f, unigram_recall
+from eval.plots import niah_heatmap
+from lava.errors import UserError
+
+# gkamradt/LLMTest_NeedleInAHaystack default needle, as used by PyramidKV/KVCache-Factory and LAVa.
+NEEDLE = "\nThe best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.\n"
+# PyramidKV `run_needle_in_haystack.py` / LAVa retrieval question.
+QUESTION = "The best thing to do in San Francisco is: "
+# PyramidKV / LAVa prompt (plain string, no chat template), `generate_prompt` in run_needle_in_haystack.py.
+PROMPT_TEMPLATE = (
+    "<|im_start|> This is a very long story book: <book> {context} </book>.\n"
+    " Based on the content of the book, Question: {question}\nAnswer:"
+)
+
+
+@dataclass
+class NeedleHaystack(Benchmark):
+    """Single-needle retrieval over a context-length x depth grid.
+
+    Parameters
+    ----------
+    lengths : list[int]
+        Context lengths in tokens (haystack + needle, before the buffer is subtracted).
+    depths : list[float]
+        Needle depths in percent; 100 appends the needle at the end.
+    buffer : int
+        Tokens subtracted from each length for the prompt around the context (upstream: 200).
+    max_new_tokens : int
+        Upstream: 30.
+    """
+
+    name: str = "niah"
+    lengths: list[int] = field(default_factory=lambda: [1000, 1500, 2000, 2500, 3000])
+    depths: list[float] = field(default_factory=lambda: [0, 25, 50, 75, 100])
+    buffer: int = 200
+    max_new_tokens: int = 30
+    needle: str = NEEDLE
+    question: str = QUESTION
+    train_length: int | None = None
+
+    def __post_init__(self) -> None:
+        self.lengths = [int(x) for x in self.lengths]
+        self.depths = [float(d) for d in self.depths]
+        if not self.lengths or min(self.lengths) <= self.buffer:
+            raise UserError(f"bench.lengths must all exceed bench.buffer={self.buffer}; got {self.lengths}")
+        if any(not 0 <= d <= 100 for d in self.depths):
+            raise UserError(f"bench.depths must lie in [0, 100]; got {self.depths}")
+
+    def samples(self, ctx: PromptContext) -> Iterator[Sample]:
+        tok = ctx.tokenizer
+        needle_ids = tok.encode(self.needle, add_special_tokens=False)  # no BOS inside the context
+        haystack_ids = _haystack_ids(tok, max(self.lengths))
+        period_ids = set(tok.encode(".", add_special_tokens=False))
+        for length in self.lengths:
+            for depth in self.depths:
+                context = insert_needle(haystack_ids, needle_ids, length - self.buffer, depth, period_ids)
+                text = tok.decode(context, skip_special_tokens=False)
+                yield Sample(
+                    id=f"niah_L{length}_D{depth:g}",
+                    task="niah",
+                    prompt=PROMPT_TEMPLATE.format(context=text, question=self.question),
+                    references=[self.needle.strip()],
+                    max_new_tokens=self.max_new_tokens,
+                    chat=False,
+                    stop_newline=True,
+                    meta={"length": length, "depth": depth},
+                )
+
+    def headline_metric(self) -> str:
+        return "recall"
+
+    def score(self, record: dict[str, Any]) -> dict[str, float]:
+        response = record["prediction"].strip()
+        needle = record["references"][0]
+        return {
+            "recall": unigram_recall(response, NEEDLE_ANSWER),
+            "rouge1_f": rouge1_f(response, needle),
+            "exact_match": exact_match(response, NEEDLE_ANSWER),
+        }
+
+    def write_artifacts(self, run_dir: Path, records: Sequence[dict[str, Any]]) -> list[Path]:
+        if not records:
+            return []
+        df = pd.DataFrame(
+            [{"length": r["meta"]["length"], "depth": r["meta"]["depth"], **r["scores"]} for r in records]
+        )
+        path = niah_heatmap(
+            df, run_dir / "heatmap.png", value="recall", title=run_dir.name, train_length=self.train_length
+        )
+        return [path]
+
+
+def _haystack_ids(tokenizer: Any, min_tokens: int) -> list[int]:
+    """Token ids of the essays, repeated until at least ``min_tokens`` long."""
+    text = paul_graham_essays()
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    reps = -(-min_tokens // len(ids))
+    return ids * max(1, reps)
+
+
+def insert_needle(
+    haystack: Sequence[int], needle: Sequence[int], length: int, depth: float, period_ids: set[int]
+) -> list[int]:
+    """Place ``needle`` into the first ``length - len(needle)`` haystack tokens at ``depth`` percent.
+
+    The insertion point moves back to just after the nearest preceding period token, so the needle
+    starts a sentence (gkamradt / PyramidKV rule). Depth 100 appends the needle. The result has
+    exactly ``length`` tokens when the haystack is long enough.
+    """
+    context = list(haystack[: max(0, length - len(needle))])
+    if depth >= 100:
+        return context + list(needle)
+    point = int(len(context) * depth / 100)
+    while point > 0 and context[point - 1] not in period_ids:
+        point -= 1
+    return context[:point] + list(needle) + context[point:]

@@ -1,0 +1,264 @@
+"""samples -> prompt -> prefill (+ compression) -> decode -> predictions.jsonl -> scores.json.
+
+A run folder is identified by the model, method, benchmark, budget and seed (a hash of their resolved
+config), so rerunning the same command resumes it: finished samples are read back from
+``predictions.jsonl`` and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from eval.benchmarks.base import Benchmark, PromptContext, Sample
+from eval.generation import greedy_generate
+from eval.provenance import git_commit, package_versions, peak_memory
+from eval.records import RecordWriter, load_records, write_json_atomic
+from lava.errors import UserError
+from lava.models import ModelSpec, as_spec, load_model, newline_token_id, stop_token_ids
+
+IDENTITY_KEYS = ("model", "method", "bench", "budget", "seed")
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    score: float
+    headline_metric: str
+    num_samples: int
+    new_samples: int
+    elapsed_seconds: float
+    generated_tokens: int
+    paths: list[Path] = field(default_factory=list)
+
+
+def validate(cfg: DictConfig) -> None:
+    """One-line errors for values Hydra's schema-less config cannot check."""
+    budget = cfg.get("budget")
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0:
+        raise UserError(f"budget={budget} is invalid; give a positive integer (entries per KV head per layer)")
+    limit = cfg.get("limit")
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise UserError(f"limit={limit} is invalid; give a non-negative integer or null")
+    shards, shard = cfg.get("num_shards", 1), cfg.get("shard", 0)
+    if not isinstance(shards, int) or shards < 1 or not isinstance(shard, int) or not 0 <= shard < shards:
+        raise UserError(f"shard={shard} num_shards={shards} is invalid; need 0 <= shard < num_shards")
+    for group in ("model", "method", "bench"):
+        if not isinstance(cfg.get(group), DictConfig) or "name" not in cfg[group]:
+            raise UserError(f"config group '{group}' is missing or has no 'name'; pick one with {group}=<name>")
+
+
+def run_identity(cfg: DictConfig) -> dict[str, Any]:
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
+            for k in IDENTITY_KEYS}
+
+
+def run_dir_for(cfg: DictConfig) -> Path:
+    """``<output_root>/<model>/<bench>/<method>-b<budget>-<hash>``; the hash covers :data:`IDENTITY_KEYS`."""
+    identity = json.dumps(run_identity(cfg), sort_keys=True, default=str)
+    digest = hashlib.sha1(identity.encode()).hexdigest()[:8]
+    shard = f"-shard{cfg.shard}of{cfg.num_shards}" if cfg.get("num_shards", 1) > 1 else ""
+    return (
+        Path(cfg.output_root)
+        / cfg.model.name
+        / cfg.bench.name
+        / f"{cfg.method.name}-b{cfg.budget}-{digest}{shard}"
+    )
+
+
+def build_benchmark(cfg: DictConfig) -> Benchmark:
+    from hydra.utils import instantiate
+
+    try:
+        bench = instantiate(cfg.bench, _convert_="all")
+    except UserError:
+        raise
+    except Exception as exc:  # Hydra wraps constructor errors; surface the root cause on one line
+        root = exc
+        while root.__cause__ is not None:
+            root = root.__cause__
+        if isinstance(root, UserError):
+            raise root from None
+        raise UserError(f"bad bench config ({cfg.bench.name}): {root}".splitlines()[0]) from None
+    if not isinstance(bench, Benchmark):
+        raise UserError(f"bench {cfg.bench.name!r} does not build a Benchmark; check its _target_")
+    return bench
+
+
+def build_prompt_ids(sample: Sample, tokenizer: Any, spec: ModelSpec) -> list[int]:
+    """Chat-wrap (when both the sample and the model allow it), append the answer prefix, tokenize."""
+    if sample.chat and spec.chat_template and tokenizer.chat_template:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": sample.prompt}], add_generation_prompt=True, tokenize=False
+        )
+        return tokenizer.encode(text + sample.answer_prefix, add_special_tokens=False)
+    return tokenizer.encode(sample.prompt + sample.answer_prefix, add_special_tokens=True)
+
+
+def new_cache(method: Any, model: Any, max_new_tokens: int) -> Any:
+    """The cache one generation fills: the method's compressing cache, or a plain DynamicCache."""
+    if method is not None and hasattr(method, "make_cache"):
+        return method.make_cache(model, max_new_tokens=max_new_tokens)
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)
+
+
+def build_method(cfg: DictConfig) -> Any:
+    if "_target_" not in cfg.method:
+        return None
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(cfg.method, _convert_="all")
+    except Exception as exc:
+        root = exc
+        while root.__cause__ is not None:
+            root = root.__cause__
+        if isinstance(root, UserError):
+            raise root from None
+        raise UserError(f"bad method config ({cfg.method.name}): {root}".splitlines()[0]) from None
+
+
+def run(cfg: DictConfig) -> RunSummary:
+    """Run (or resume) one configuration and write its run folder."""
+    t_start = time.perf_counter()
+    validate(cfg)
+    spec = as_spec(cfg.model)
+    bench = build_benchmark(cfg)
+    method = build_method(cfg)
+    run_dir = run_dir_for(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    predictions_path = run_dir / "predictions.jsonl"
+    done, notes = load_records(predictions_path)
+    for note in notes:
+        print(f"[lava] recovered: {note}")
+
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_model(spec)
+    ctx = PromptContext(
+        tokenizer=tokenizer,
+        model_name=spec.name,
+        max_prompt_tokens=spec.max_prompt_tokens,
+        seed=cfg.seed,
+        chat_template=spec.chat_template,
+    )
+    samples = list(bench.samples(ctx))
+    if cfg.num_shards > 1:
+        samples = samples[cfg.shard :: cfg.num_shards]
+    if cfg.limit is not None:
+        samples = samples[: cfg.limit]
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        raise UserError(f"bench {bench.name} produced duplicate sample ids; its ids must be unique")
+    done_ids = {r["id"] for r in done}
+    todo = [s for s in samples if s.id not in done_ids]
+
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    eos_ids = stop_token_ids(tokenizer, spec, model)
+    newline_id = newline_token_id(tokenizer)
+    device = next(model.parameters()).device
+    new_records: list[dict[str, Any]] = []
+    warned_long = False
+    bar = tqdm(todo, desc=f"{bench.name}/{cfg.method.name}", unit="sample", disable=not cfg.progress,
+               initial=len(samples) - len(todo), total=len(samples))
+    with RecordWriter(predictions_path) as writer:
+        for sample in bar:
+            prompt_ids = build_prompt_ids(sample, tokenizer, spec)
+            if not warned_long and len(prompt_ids) + sample.max_new_tokens > spec.max_context:
+                warned_long = True
+                tqdm.write(f"[lava] warning: {sample.id} needs {len(prompt_ids)}+{sample.max_new_tokens} tokens, "
+                           f"beyond model.max_context={spec.max_context}")
+            stops = eos_ids + ([newline_id] if sample.stop_newline else [])
+            input_ids = torch.tensor([prompt_ids], device=device)
+            cache = new_cache(method, model, sample.max_new_tokens)
+            gen = greedy_generate(model, input_ids, max_new_tokens=sample.max_new_tokens, stop_ids=stops,
+                                  cache=cache, min_new_tokens=cfg.min_new_tokens)
+            record = {
+                "id": sample.id,
+                "task": sample.task,
+                "prediction": tokenizer.decode(gen.token_ids, skip_special_tokens=True),
+                "references": sample.references,
+                "meta": sample.meta,
+                "prompt_tokens": len(prompt_ids),
+                "new_tokens": len(gen.token_ids),
+                "stop_reason": gen.stop_reason,
+                "prefill_seconds": round(gen.prefill_seconds, 4),
+                "decode_seconds": round(gen.decode_seconds, 4),
+            }
+            record.update(_cache_report(cache))
+            record["scores"] = bench.score(record)
+            writer.write(record)
+            new_records.append(record)
+            bar.set_postfix({bench.headline_metric(): f"{record['scores'][bench.headline_metric()]:.2f}"})
+    bar.close()
+
+    by_id = {r["id"]: r for r in done + new_records}
+    records = [by_id[i] for i in ids if i in by_id]
+    scores = bench.aggregate(records)
+    write_json_atomic(run_dir / "scores.json", scores)
+    artifacts = bench.write_artifacts(run_dir, records)
+    elapsed = time.perf_counter() - t_start
+    gen_tokens = sum(r["new_tokens"] for r in new_records)
+    meta = {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "versions": package_versions(),
+        "git": git_commit(),
+        "timings": {
+            "elapsed_seconds": round(elapsed, 2),
+            "prefill_seconds": round(sum(r["prefill_seconds"] for r in new_records), 3),
+            "decode_seconds": round(sum(r["decode_seconds"] for r in new_records), 3),
+            "new_samples": len(new_records),
+            "generated_tokens": gen_tokens,
+        },
+        "prompt_tokens": {
+            "total": sum(r["prompt_tokens"] for r in records),
+            "max": max((r["prompt_tokens"] for r in records), default=0),
+        },
+        "memory": peak_memory(),
+        "device": str(device),
+    }
+    write_json_atomic(run_dir / "run_meta.json", meta)
+    return RunSummary(
+        run_dir=run_dir,
+        score=float(scores.get("score", math.nan)),
+        headline_metric=scores.get("headline_metric", bench.headline_metric()),
+        num_samples=len(records),
+        new_samples=len(new_records),
+        elapsed_seconds=elapsed,
+        generated_tokens=gen_tokens,
+        paths=[predictions_path, run_dir / "scores.json", run_dir / "run_meta.json", *artifacts],
+    )
+
+
+def _cache_report(cache: Any) -> dict[str, Any]:
+    """What a compressing cache kept (entries per layer and head, bytes); empty for a plain cache."""
+    report = getattr(cache, "report", None)
+    return report() if callable(report) else {}
+
+
+def format_summary(summary: RunSummary) -> str:
+    decode_rate = summary.generated_tokens / summary.elapsed_seconds if summary.elapsed_seconds else 0.0
+    lines = [
+        "",
+        f"  score ({summary.headline_metric}): {summary.score:.4f}  over {summary.num_samples} samples "
+        f"({summary.new_samples} new)",
+        f"  elapsed: {summary.elapsed_seconds:.1f} s   generated: {summary.generated_tokens} tokens "
+        f"({decode_rate:.1f} tokens/s overall)",
+        f"  run folder: {summary.run_dir}",
+        *[f"    {p}" for p in summary.paths],
+    ]
+    return "\n".join(lines)
+
+
+__all__ = ["RunSummary", "run", "format_summary", "run_dir_for", "validate", "asdict"]
