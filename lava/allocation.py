@@ -1,0 +1,168 @@
+"""Budget allocators: how a total budget is split among layers, then among the KV heads of a layer.
+
+Budgets here count *non-window* entries per KV head (``B0 - window`` on average): the window is
+always kept on top. Every allocator keeps ``sum(budgets) <= num_layers * (B0 - window)`` and, per
+layer, ``sum(head caps) <= num_kv_heads * layer_budget``, so a method never stores more than
+``layers x kv_heads x B0`` entries (the upstream-floor switch excepted, which exists for parity).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+# ----------------------------------------------------------------------------------------------------------
+# Layer allocators: allocate(stats, caps, num_layers, per_layer) -> budgets of the layers seen so far.
+#   stats     : the layer statistic of each seen layer (None for scorers without one)
+#   caps      : evictable prefix length P of each seen layer (a layer never needs more than P)
+#   per_layer : the average non-window budget per head, B0 - window
+# Called after each layer's prefill with the layers seen so far; the budgets of earlier layers may
+# only shrink as more layers arrive, which bounds peak memory during prefill.
+# ----------------------------------------------------------------------------------------------------------
+
+
+class LayerAllocator:
+    def allocate(
+        self, stats: Sequence[float | None], caps: Sequence[int], num_layers: int, per_layer: int
+    ) -> list[int]:
+        raise NotImplementedError
+
+
+@dataclass
+class UniformLayerBudget(LayerAllocator):
+    """Every layer gets ``B0 - window`` (SnapKV, Ada-KV, StreamingLLM)."""
+
+    def allocate(self, stats, caps, num_layers, per_layer) -> list[int]:
+        return [min(per_layer, cap) for cap in caps]
+
+
+@dataclass
+class PyramidLayerBudget(LayerAllocator):
+    """PyramidKV's linear schedule from ``max`` at layer 0 down to ``min`` at the last layer.
+
+    ``min = b // beta`` and ``max = 2b - min`` with ``b = B0 - window``; when ``max`` exceeds the
+    prefix, ``max = P`` and ``min = 2b - max`` (lava_spec.md section 4.2). Intermediate layers are
+    floored, so the total never exceeds ``L * b`` (upstream's integer step can overshoot by a few).
+    """
+
+    beta: float = 20.0
+
+    def allocate(self, stats, caps, num_layers, per_layer) -> list[int]:
+        prefix = max(caps) if caps else 0
+        low = int(per_layer // self.beta)
+        high = 2 * per_layer - low
+        if high >= prefix:
+            high = prefix
+            low = max(0, 2 * per_layer - high)
+        span = max(num_layers - 1, 1)
+        out = []
+        for layer, cap in enumerate(caps):
+            budget = low + math.floor((num_layers - 1 - layer) * (high - low) / span)
+            out.append(max(0, min(budget, cap)))
+        return out
+
+
+@dataclass
+class ProportionalLayerBudget(LayerAllocator):
+    """Budgets proportional to a layer statistic, capped at each layer's prefix, surplus redistributed.
+
+    Water-filling: find ``lam`` with ``sum_l min(P_l, lam * s_l) = L * b`` and give layer ``l``
+    ``min(P_l, floor(lam * s_l))``. With no layer at its cap this is LAVa's
+    ``int(s_l / sum(s) * L * b)``; capped layers give their surplus to the others (CAKE's
+    ``adjust_budgets``). Called on the layers seen so far with the *whole* total, ``lam`` only falls
+    as layers arrive, so earlier layers only shrink (LAVa's online scheme).
+    """
+
+    def allocate(self, stats, caps, num_layers, per_layer) -> list[int]:
+        total = num_layers * per_layer
+        values = [max(float(s), 0.0) if s is not None and math.isfinite(s) else 0.0 for s in stats]
+        if sum(caps) <= total:
+            return list(caps)
+        if sum(values) <= 0:  # degenerate statistic: fall back to a uniform split
+            values = [1.0] * len(caps)
+        lam = _water_level(values, caps, total)
+        return [min(cap, math.floor(lam * v)) if v > 0 else 0 for v, cap in zip(values, caps)]
+
+
+def _water_level(values: Sequence[float], caps: Sequence[int], total: float) -> float:
+    """The ``lam`` with ``sum(min(cap, lam * v)) == total`` (assumes ``sum(caps) > total``)."""
+    order = sorted((cap / v, v, cap) for v, cap in zip(values, caps) if v > 0)
+    remaining_total, remaining_weight = float(total), sum(values)
+    for threshold, v, cap in order:
+        lam = remaining_total / remaining_weight
+        if lam < threshold:
+            return lam
+        remaining_total -= cap  # this layer is capped
+        remaining_weight -= v
+    return remaining_total / remaining_weight if remaining_weight > 0 else math.inf
+
+
+class EntropyLayerBudget(ProportionalLayerBudget):
+    """LAVa: budgets proportional to the normalised entropy of each layer's scores."""
+
+
+class PreferenceLayerBudget(ProportionalLayerBudget):
+    """CAKE: budgets proportional to the preference ``H^(1/tau1) * V^(1/tau2)`` of each layer."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Head allocators: caps(scores, budget, base_budget) -> entries kept per KV head (window excluded).
+# Each head keeps its top-``cap`` entries by score.
+# ----------------------------------------------------------------------------------------------------------
+
+
+class HeadAllocator:
+    def caps(self, scores: torch.Tensor, budget: int, base_budget: int) -> torch.Tensor:
+        """Per-head caps, shape (Hkv,), int64. ``base_budget`` is the config's B0 (window included)."""
+        raise NotImplementedError
+
+
+@dataclass
+class UniformHeadBudget(HeadAllocator):
+    """Every head of the layer keeps ``budget`` entries."""
+
+    def caps(self, scores, budget, base_budget) -> torch.Tensor:
+        hkv, prefix = scores.shape
+        return torch.full((hkv,), min(budget, prefix), dtype=torch.long)
+
+
+@dataclass
+class FlatHeadBudget(HeadAllocator):
+    """Ada-KV's flat top-k across the heads of a layer, with a uniform floor.
+
+    Counts ``c`` = how many of each head's entries fall in the layer's top ``Hkv * budget`` scores;
+    ``cap = round(c * (1 - alpha) + F)``. ``floor="exact"`` uses ``F = int(alpha * budget)`` and trims
+    rounding overshoot so that ``sum(cap) <= Hkv * budget``; ``floor="upstream"`` uses LAVa's stale
+    ``F = int(alpha * B0)`` (window included, same in every layer) and keeps its extra entries
+    (lava_spec.md section 6.2).
+    """
+
+    alpha: float = 0.2
+    floor: str = "exact"
+
+    def __post_init__(self) -> None:
+        if self.floor not in ("exact", "upstream"):
+            raise ValueError(f"floor must be 'exact' or 'upstream', got {self.floor!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
+
+    def caps(self, scores, budget, base_budget) -> torch.Tensor:
+        hkv, prefix = scores.shape
+        if budget >= prefix:
+            return torch.full((hkv,), prefix, dtype=torch.long)
+        flat = scores.reshape(-1).float()
+        # Stable descending order: ties resolve to the lower index, so smaller budgets select nested sets.
+        order = torch.sort(flat, descending=True, stable=True).indices[: hkv * budget]
+        counts = torch.bincount(order // prefix, minlength=hkv).double()
+        floor = int(self.alpha * (budget if self.floor == "exact" else base_budget))
+        raw = counts * (1.0 - self.alpha) + floor
+        caps = torch.round(raw).long()  # round half to even, like torch.round upstream
+        if self.floor == "exact":
+            excess = int(caps.sum()) - hkv * budget
+            if excess > 0:  # trim the heads that rounded up the most
+                for head in torch.argsort(caps.double() - raw, descending=True, stable=True)[:excess]:
+                    caps[head] -= 1
+        return caps.clamp(0, prefix)

@@ -1,0 +1,83 @@
+"""A compression method = scorer x layer allocator x head allocator, with its window and budget."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import Any
+
+from lava import attention
+from lava.allocation import HeadAllocator, LayerAllocator, UniformHeadBudget, UniformLayerBudget
+from lava.cache import CompressedCache
+from lava.errors import UserError
+from lava.scorer import Scorer, SnapKVScorer
+
+
+@dataclass
+class CompressionMethod:
+    """Everything that defines a KV-cache eviction method.
+
+    Parameters
+    ----------
+    name : str
+        Method name (config file name).
+    budget : int
+        Average cache entries per KV head per layer, window included (the paper's B0).
+    window : int
+        Last prompt tokens whose queries score the prefix; always kept.
+    scorer : Scorer
+        Scores every evictable entry of a layer (and may give a layer statistic).
+    layer_allocator : LayerAllocator
+        Splits ``layers x (budget - window)`` among layers.
+    head_allocator : HeadAllocator
+        Splits a layer's budget among its KV heads.
+    model_name : str, optional
+        For scorers with per-model defaults (CAKE's temperatures).
+
+    Examples
+    --------
+    >>> method = CompressionMethod("snapkv", budget=128)            # doctest: +SKIP
+    >>> cache = method.make_cache(model, max_new_tokens=32)         # doctest: +SKIP
+    >>> model.generate(input_ids, past_key_values=cache, max_new_tokens=32)  # doctest: +SKIP
+    """
+
+    name: str = "snapkv"
+    budget: int = 128
+    window: int = 32
+    scorer: Scorer = field(default_factory=SnapKVScorer)
+    layer_allocator: LayerAllocator = field(default_factory=UniformLayerBudget)
+    head_allocator: HeadAllocator = field(default_factory=UniformHeadBudget)
+    model_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.budget, int) or self.budget <= 0:
+            raise UserError(f"budget={self.budget} is invalid; give a positive integer")
+        if not isinstance(self.window, int) or self.window < 1:
+            raise UserError(f"method.window={self.window} is invalid; give a positive integer")
+        if self.budget <= self.window:
+            raise UserError(
+                f"budget={self.budget} must exceed method.window={self.window} (the window is part of the budget)"
+            )
+        self.scorer.bind(self.model_name, self.budget)
+
+    def make_cache(self, model: Any, max_new_tokens: int = 64) -> CompressedCache:
+        """A fresh cache for one generation; switches ``model`` to the ``"lava"`` attention."""
+        attention.enable(model)
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        return CompressedCache(self, config.num_hidden_layers, reserve=max_new_tokens)
+
+    def describe(self) -> dict[str, Any]:
+        """The full parameter set, for the run folder."""
+        def part(obj: Any) -> Any:
+            if is_dataclass(obj):
+                return {"class": type(obj).__qualname__, **asdict(obj)}
+            return repr(obj)
+
+        return {
+            "name": self.name,
+            "budget": self.budget,
+            "window": self.window,
+            "scorer": part(self.scorer),
+            "layer_allocator": part(self.layer_allocator),
+            "head_allocator": part(self.head_allocator),
+            "model_name": self.model_name,
+        }
