@@ -84,7 +84,8 @@ class Ruler(Benchmark):
 
     # ----------------------------------------------------------------------------------- samples
     def samples(self, ctx: PromptContext) -> Iterator[Sample]:
-        chat = bool(self.chat and ctx.chat_template)
+        # The runner wraps only when the sample, the model config and the tokenizer all allow it.
+        chat = bool(self.chat and ctx.chat_template and getattr(ctx.tokenizer, "chat_template", None))
         counter = TokenCounter(ctx.tokenizer, chat)
         fingerprint = tokenizer_fingerprint(ctx.tokenizer)
         for length in self.lengths:
