@@ -146,7 +146,7 @@ def math_calc_score(prediction: str, label: Any, *, drop_first: bool = False) ->
     if drop_first:
         numbers = numbers[1:]
     matched = 0
-    for want, got in zip(target, numbers):
+    for want, got in zip(target, numbers, strict=False):
         if want != got:
             break
         matched += 1
