@@ -198,7 +198,7 @@ def test_score_prediction_max_over_references():
 def test_task_score_rounds_mean_times_100():
     assert m.task_score([1.0, 0.0, 0.0]) == 33.33
     assert m.task_score([2 / 3]) == 66.67
-    assert m.task_score([])!= m.task_score([])  # NaN, as np.mean([]) upstream
+    assert m.task_score([]) != m.task_score([])  # NaN, as np.mean([]) upstream
 
 
 def test_every_task_has_a_metric():

@@ -29,9 +29,9 @@ _PROBE_FILE = "qasper.jsonl"
 
 def how_to_get_data() -> str:
     return (
-        f"download https://huggingface.co/datasets/{HUB_REPO}/resolve/main/{HUB_FILE}, unzip it and "
-        "pass bench.data_dir=<the unzipped data folder>, or run once with network access "
-        "so it is downloaded and cached"
+        f"either download https://huggingface.co/datasets/{HUB_REPO}/resolve/main/{HUB_FILE}, unzip "
+        "it and pass bench.data_dir=<the unzipped data folder>, or run once with network access so "
+        "data.zip is downloaded and cached"
     )
 
 
@@ -77,15 +77,15 @@ def cached_data_dir(cache_dir: str | Path | None = None, repo_id: str = HUB_REPO
 
         zip_path = hf_hub_download(repo_id=repo_id, filename=HUB_FILE, repo_type="dataset")
     except Exception as exc:  # offline mode, no route, HTTP errors: all mean "no data this way"
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(
-            f"LongBench data not found and {HUB_FILE} could not be downloaded from the hub "
-            f"({type(exc).__name__}: {reason[:120]}); {how_to_get_data()}"
-        ) from None
+        if type(exc).__name__ == "LocalEntryNotFoundError":
+            reason = "data.zip is not in the Hugging Face cache and the hub cannot be reached"
+        else:
+            reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]}"
+        raise UserError(f"LongBench data not available ({reason}); {how_to_get_data()}") from None
     _unzip_atomically(Path(zip_path), target)
     folder = _jsonl_folder(target)
     if folder is None:
-        raise UserError(f"{zip_path} holds no *.jsonl files; delete it and retry, or {how_to_get_data()}")
+        raise UserError(f"{zip_path} holds no *.jsonl files; delete it, then {how_to_get_data()}")
     return folder
 
 

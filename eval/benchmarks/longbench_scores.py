@@ -73,7 +73,8 @@ def aggregate_longbench(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     language_avg: dict[str, float | None] = {}
     for language in ("en", "zh"):
         if not any(task_language(t) == language for t in scores):
-            continue  # code tasks alone do not open a language's table
+            language_avg[language] = None  # code tasks alone do not open a language's table
+            continue
         cats = {}
         for category, members in CATEGORIES.items():
             ran = [scores[t] for t in members if t in scores and task_language(t) in (language, "code")]
