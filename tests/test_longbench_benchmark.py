@@ -268,3 +268,20 @@ def test_hydra_configs_build_the_benchmarks():
         assert isinstance(bench, LongBenchE) and len(bench.task_list) == 13 and bench.name == "longbench_e"
         cfg = compose("config", overrides=["bench=longbench", "bench.tasks=zh"])
         assert len(build_benchmark(cfg).task_list) == 5
+
+
+def test_repeated_ids_get_a_stable_suffix_and_bad_json_is_a_user_error(tmp_path):
+    line = (FIXTURES / "lcc.jsonl").read_text().splitlines()[0]
+    (tmp_path / "lcc.jsonl").write_text(f"{line}\n{line}\n")
+    ids = [s.id for s in LongBench(tasks=["lcc"], data_dir=str(tmp_path)).samples(char_ctx())]
+    first = "lcc/" + json.loads(line)["_id"]
+    assert ids == [first, first + "#2"]
+    (tmp_path / "lcc.jsonl").write_text(f"{line}\n{{broken\n")
+    with pytest.raises(UserError, match="lcc.jsonl:2"):
+        list(LongBench(tasks=["lcc"], data_dir=str(tmp_path)).samples(char_ctx()))
+
+
+@pytest.mark.parametrize("value", [0, -5, "many"])
+def test_bad_numeric_options_are_user_errors(value):
+    with pytest.raises(UserError, match="samples_per_task"):
+        LongBench(samples_per_task=value)

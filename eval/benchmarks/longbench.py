@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.benchmarks.base import Benchmark, PromptContext, Sample, middle_truncate
-from eval.benchmarks.longbench_loader import HUB_REPO, cached_data_dir, local_data_dir, read_task
+from eval.benchmarks.longbench_loader import HUB_REPO, cached_data_dir, local_data_dir, read_task, task_file
 from eval.benchmarks.longbench_scores import (
     aggregate_longbench,
     aggregate_longbench_e,
@@ -83,9 +83,11 @@ class LongBench(Benchmark):
         """Yield every selected record of every task, tasks in the configured order."""
         folder = self._folder()
         limit = self.max_prompt_tokens or ctx.max_prompt_tokens
-        # Read every task file first: a missing one should fail before hours of generation.
-        per_task = {task: read_task(folder, task, variant_e=self.variant_e) for task in self.task_list}
-        for task, records in per_task.items():
+        # Check every task file first: a missing one should fail before hours of generation.
+        for task in self.task_list:
+            task_file(folder, task, variant_e=self.variant_e)
+        for task in self.task_list:
+            records = read_task(folder, task, variant_e=self.variant_e)
             if self.samples_per_task is not None:
                 records = records[: self.samples_per_task]
             yield from self._task_samples(task, records, ctx.tokenizer, limit)

@@ -100,6 +100,23 @@ def _unzip_atomically(zip_path: Path, target: Path) -> None:
     tmp.rename(target)
 
 
+def task_file(folder: Path, task: str, *, variant_e: bool = False) -> Path:
+    """``<folder>/<task>.jsonl`` (LongBench-E: ``<task>_e.jsonl``).
+
+    Raises
+    ------
+    UserError
+        The file is missing.
+    """
+    path = folder / f"{task}{'_e' if variant_e else ''}.jsonl"
+    if not path.exists():
+        raise UserError(
+            f"LongBench task file {path} is missing; unpack the complete data.zip there or "
+            "choose tasks with bench.tasks=[...]"
+        )
+    return path
+
+
 def read_task(folder: Path, task: str, *, variant_e: bool = False) -> list[dict[str, Any]]:
     """Records of one task, in file order.
 
@@ -108,12 +125,7 @@ def read_task(folder: Path, task: str, *, variant_e: bool = False) -> list[dict[
     UserError
         The task's file is missing, or a line is not valid JSON.
     """
-    path = folder / f"{task}{'_e' if variant_e else ''}.jsonl"
-    if not path.exists():
-        raise UserError(
-            f"LongBench task file {path} is missing; unpack the complete data.zip there or "
-            "choose tasks with bench.tasks=[...]"
-        )
+    path = task_file(folder, task, variant_e=variant_e)
     records = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
