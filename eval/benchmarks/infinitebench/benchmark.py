@@ -7,6 +7,7 @@ upstream does (128k officially, the model's prompt window by default here).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from eval.metrics.infinitebench import score_one
 from lava.errors import UserError
 
 SOURCES = ("hub", "local", "synthetic")
+# Length of every answer list in the released math_calc.jsonl (15000 operands).
+MATH_CALC_RELEASED_VALUES = 14999
 
 
 @dataclass
@@ -147,7 +150,7 @@ class InfiniteBench(Benchmark):
             task=task,
             prompt=prompt,
             references=references,
-            max_new_tokens=self.generation_limit(task, references, ctx.tokenizer),
+            max_new_tokens=self.generation_limit(task, references),
             chat=chat,
             answer_prefix=cue,
             stop_newline=False,
@@ -160,20 +163,19 @@ class InfiniteBench(Benchmark):
             },
         )
 
-    def generation_limit(self, task: str, references: list[Any], tokenizer: Any) -> int:
+    def generation_limit(self, task: str, references: list[Any]) -> int:
         """Upstream's max_new_tokens, or the user's override.
 
-        math_calc's 30000 is sized for the 128k data; at shorter lengths it is capped at 1.25 x the
-        tokens of the reference list written as ``[a, b, ...]`` (plus 16): the score counts matched
-        values only, so tokens past the whole list cannot change it. At 128k the cap exceeds 30000.
+        math_calc's 30000 is sized for the released expressions (14999 values: two tokens per
+        value). Shorter synthetic expressions keep that allowance per value, so the limit equals
+        upstream's at 128k and shrinks with the expression instead of dwarfing the prompt.
         """
         if task in self.max_new_tokens:
             return int(self.max_new_tokens[task])
         limit = MAX_NEW_TOKENS[task]
         if task == "math_calc":
             values = references[0] if references and isinstance(references[0], list) else references
-            needed = len(tokenizer.encode(str([int(v) for v in values]), add_special_tokens=False))
-            limit = min(limit, needed + needed // 4 + 16)
+            limit = min(limit, math.ceil(limit * len(values) / MATH_CALC_RELEASED_VALUES))
         return limit
 
     # ------------------------------------------------------------------ scores

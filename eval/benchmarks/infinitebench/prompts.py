@@ -91,7 +91,7 @@ def create_prompt(example: Example, task: str) -> str:
 
     Mirrors ``create_prompt`` in src/eval_utils.py for the open-model templates: code_run extracts
     ``func_N(x)`` from the input, math_find turns "The <target> of" into a "What is <target> in the
-    following list?" prefix (keeping upstream's double space), the choice tasks fill four options,
+    following list?" prefix, the choice tasks fill four options,
     and the book/dialogue tasks pass the input as ``{question}``.
     """
     template = YARN_MISTRAL_TEMPLATES[task]
@@ -113,7 +113,7 @@ def create_prompt(example: Example, task: str) -> str:
         found = re.findall(r"The .+ of", example.input)
         if not found:
             raise ValueError(f"math_find example {example.id}: no 'The ... of' target in {example.input!r}")
-        # Upstream slices off "of" but keeps the space before it: "What is the largest number  in ...".
+        # "[:-3]" drops " of" (with its space): "What is the largest number in the following list?".
         target = found[0].lower()[:-3]
         prefix = f"What is {target} in the following list?"
         return template.format(prefix=prefix, context=example.context, input=example.input)
