@@ -165,6 +165,8 @@ def run(cfg: DictConfig) -> RunSummary:
     todo = [s for s in samples if s.id not in done_ids]
 
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    describe = getattr(method, "describe", None)
+    write_json_atomic(run_dir / "method.json", describe() if callable(describe) else {"name": cfg.method.name})
     eos_ids = stop_token_ids(tokenizer, spec, model)
     newline_id = newline_token_id(tokenizer)
     device = next(model.parameters()).device
@@ -208,6 +210,9 @@ def run(cfg: DictConfig) -> RunSummary:
     scores = bench.aggregate(records)
     write_json_atomic(run_dir / "scores.json", scores)
     artifacts = bench.write_artifacts(run_dir, records)
+    kept_path = _write_kept_array(run_dir, records)
+    if kept_path is not None:
+        artifacts.append(kept_path)
     elapsed = time.perf_counter() - t_start
     gen_tokens = sum(r["new_tokens"] for r in new_records)
     meta = {
@@ -239,6 +244,18 @@ def run(cfg: DictConfig) -> RunSummary:
         generated_tokens=gen_tokens,
         paths=[predictions_path, run_dir / "scores.json", run_dir / "run_meta.json", *artifacts],
     )
+
+
+def _write_kept_array(run_dir: Path, records: list[dict[str, Any]]) -> Path | None:
+    """``kept_per_head.npy``: entries kept per (sample, layer, KV head), for the budget plots."""
+    import numpy as np
+
+    kept = [r["kept_per_head"] for r in records if "kept_per_head" in r]
+    if not kept:
+        return None
+    path = run_dir / "kept_per_head.npy"
+    np.save(path, np.asarray(kept, dtype=np.int64))
+    return path
 
 
 def _cache_report(cache: Any) -> dict[str, Any]:
