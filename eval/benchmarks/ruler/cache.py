@@ -1,7 +1,7 @@
 """On-disk cache of generated RULER samples: one jsonl per task, length, seed and generation key.
 
-The key hashes everything the samples depend on: the generator version, the tokenizer (its full
-serialised definition where available, vocabulary, special tokens, chat template), whether the chat template is counted, the versions of
+The key hashes everything the samples depend on: the generator version, the tokenizer (its
+serialised definition and chat template), whether the chat template is counted, the versions of
 the data packages and, for QA, the data file. Generation is deterministic, so a cache hit is only a
 time saving: deleting the folder never changes results.
 """
@@ -12,6 +12,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +30,38 @@ def _package_version(name: str) -> str:
         return "missing"
 
 
+_FINGERPRINTS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
 def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """SHA-256 of the tokenizer's definition (merges and normalisers included), specials and chat template."""
+    """SHA-256 of the tokenizer's definition (vocabulary, merges, normalisers, added tokens) and chat template.
+
+    Fast tokenizers serialise their whole definition; others fall back to the vocabulary. Computed
+    once per tokenizer object (it takes about a second for a 50k vocabulary).
+    """
+    try:
+        return _FINGERPRINTS[tokenizer]
+    except (KeyError, TypeError):
+        pass
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    payload = {
-        "backend": hashlib.sha256(backend.to_str().encode()).hexdigest() if backend is not None else None,
-        "class": type(tokenizer).__name__,
-        "vocab": sorted(tokenizer.get_vocab().items()),
-        "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
-        "chat_template": getattr(tokenizer, "chat_template", None),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    definition = (
+        backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    )
+    payload = json.dumps(
+        {
+            "class": type(tokenizer).__name__,
+            "definition": hashlib.sha256(definition.encode()).hexdigest(),
+            "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
+            "chat_template": getattr(tokenizer, "chat_template", None),
+        },
+        sort_keys=True,
+    )
+    fingerprint = hashlib.sha256(payload.encode()).hexdigest()
+    try:
+        _FINGERPRINTS[tokenizer] = fingerprint
+    except TypeError:  # not weak-referenceable: recompute next time
+        pass
+    return fingerprint
 
 
 def generation_key(tokenizer_fp: str, chat: bool, task_args: dict[str, Any], data_digest: str | None) -> str:

@@ -10,9 +10,10 @@ wraps the whole prompt once).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from eval.benchmarks.ruler.fit import Draft, SizedGenerator
+from eval.benchmarks.ruler.fit import Draft, SizedGenerator, TokenCounter
 from eval.benchmarks.ruler.templates import TEMPLATES
 from eval.benchmarks.ruler.words import common_words_vocabulary
 from lava.errors import UserError
@@ -56,7 +57,7 @@ class CommonWordsGenerator(SizedGenerator):
         return 10
 
     def probe_size(self) -> int:
-        return 4096  # RULER estimates tokens per word on a 4096-word list
+        return min(4096, self.max_size())  # RULER estimates tokens per word on a 4096-word list
 
     def upper_bound(self, tokens_per_unit: float) -> int:
         return max(int(self.length // tokens_per_unit) * 2, self.increment() * 2)
@@ -64,7 +65,7 @@ class CommonWordsGenerator(SizedGenerator):
     def max_size(self) -> int:
         return len(self.vocabulary)
 
-    def find_size(self, count, probe_rng) -> int:  # noqa: ANN001 - same signature as the base class
+    def find_size(self, count: TokenCounter, probe_rng: Callable[[], random.Random]) -> int:
         size = super().find_size(count, probe_rng)
         if size >= self.max_size():
             raise UserError(
