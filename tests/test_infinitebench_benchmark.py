@@ -114,7 +114,7 @@ def test_local_data_is_middle_truncated_to_max_length(tmp_path, smollm2_tokenize
         source="local", data_dir=str(tmp_path), tasks=["longbook_qa_eng"], num_samples=2, max_length=400
     )
     long, short = list(bench.samples(ctx_for(smollm2_tokenizer)))
-    assert long.meta["truncated"] and long.meta["full_prompt_tokens"] > 400
+    assert long.meta["truncated"]
     assert (
         len(smollm2_tokenizer.encode(long.prompt + "\n" + long.answer_prefix, add_special_tokens=False))
         <= 401

@@ -191,3 +191,31 @@ def test_fit_units_handles_steps_and_rejects_too_small_budgets():
 def test_too_short_target_is_a_user_error(smollm2_tokenizer):
     with pytest.raises(UserError, match="max_length"):
         list(generate("code_run", 1, 60, measure_with(smollm2_tokenizer, "code_run"), seed=0))
+
+
+def test_cache_builds_once_and_reads_back(tmp_path, monkeypatch):
+    from eval.benchmarks.infinitebench.synthetic.cache import cache_path, cached_examples
+
+    monkeypatch.setenv("LAVA_BENCH_CACHE", str(tmp_path))
+    path = cache_path("math_find", 3, 20000, 42, "Tok-abc")
+    assert path.parent == tmp_path / "infinitebench" / "synthetic"
+    assert (
+        len(
+            {
+                path,
+                cache_path("math_find", 3, 20001, 42, "Tok-abc"),
+                cache_path("math_find", 3, 20000, 42, "Tok-x"),
+            }
+        )
+        == 3
+    )
+    built = []
+
+    def build():
+        built.append(1)
+        return [GENERATORS["math_find"].make(i, 14, 40, 0) for i in (0, 13)]  # int and median answers
+
+    first = cached_examples(path, build)
+    second = cached_examples(path, build)
+    assert built == [1] and second == first and path.is_file()
+    assert not list(path.parent.glob("*.tmp"))

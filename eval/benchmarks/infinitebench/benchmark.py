@@ -18,6 +18,12 @@ from eval.benchmarks.infinitebench.loaders import HUB_FORMATS, HUB_REPO, load_hu
 from eval.benchmarks.infinitebench.prompts import create_prompt, get_answer, split_answer_cue
 from eval.benchmarks.infinitebench.report import summarise, write_tables
 from eval.benchmarks.infinitebench.synthetic import generate
+from eval.benchmarks.infinitebench.synthetic.cache import (
+    CACHE_MIN_TOKENS,
+    cache_path,
+    cached_examples,
+    tokenizer_fingerprint,
+)
 from eval.benchmarks.infinitebench.tasks import (
     ALL_TASKS,
     MAX_NEW_TOKENS,
@@ -122,8 +128,15 @@ class InfiniteBench(Benchmark):
         def measure(example: Example) -> int:
             return len(tokenizer.encode(create_prompt(example, task), add_special_tokens=False))
 
-        count = self.num_samples or RELEASED_SIZES[task]
-        return generate(task, count, self.prompt_length(ctx), measure, ctx.seed)
+        count, budget = self.num_samples or RELEASED_SIZES[task], self.prompt_length(ctx)
+
+        def build() -> Iterable[Example]:
+            return generate(task, count, budget, measure, ctx.seed)
+
+        if budget < CACHE_MIN_TOKENS:
+            return build()
+        path = cache_path(task, count, budget, ctx.seed, tokenizer_fingerprint(tokenizer))
+        return cached_examples(path, build)
 
     def samples(self, ctx: PromptContext) -> Iterator[Sample]:
         limit = self.prompt_length(ctx)
@@ -137,11 +150,11 @@ class InfiniteBench(Benchmark):
 
     def make_sample(self, task: str, example: Example, ctx: PromptContext, limit: int) -> Sample:
         """Fill the template, middle-truncate the whole prompt, split off the cue in chat mode."""
-        text = create_prompt(example, task)
-        full_tokens = len(ctx.tokenizer.encode(text, add_special_tokens=False))
-        truncated = full_tokens > limit
-        if truncated:
-            text = middle_truncate(text, ctx.tokenizer, limit)
+        full_text = create_prompt(example, task)
+        # middle_truncate tokenizes once and returns the text unchanged when it fits (a second
+        # tokenization just for the length would cost about a second per 128k prompt).
+        text = middle_truncate(full_text, ctx.tokenizer, limit)
+        truncated = text != full_text
         chat = self.uses_chat(ctx)
         prompt, cue = split_answer_cue(task, text) if chat else (text, "")
         references = get_answer(example, task)
@@ -157,7 +170,6 @@ class InfiniteBench(Benchmark):
             meta={
                 "source": self.source,
                 "example_id": example.id,
-                "full_prompt_tokens": full_tokens,
                 "truncated": truncated,
                 **example.meta,
             },
