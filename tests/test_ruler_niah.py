@@ -9,8 +9,11 @@ import yaml
 
 from eval.benchmarks.base import PromptContext
 from eval.benchmarks.ruler import Ruler
+from eval.benchmarks.ruler.benchmark import sample_rng
 from eval.benchmarks.ruler.essay import essay_sentences
+from eval.benchmarks.ruler.fit import TokenCounter
 from eval.benchmarks.ruler.niah import DEPTHS, insert_into_lines, insert_into_sentences, query_text
+from eval.benchmarks.ruler.tasks import make_generator
 from eval.benchmarks.ruler.templates import NOISE
 from eval.runner import build_prompt_ids
 from lava.models import as_spec
@@ -185,3 +188,17 @@ def test_generation_is_deterministic_per_seed(smollm2_tokenizer, niah_samples):
     assert [s.references for s in other] != [s.references for s in again]
     # Sample i does not depend on how many samples are made.
     assert generate(smollm2_tokenizer, "niah_multikey_1", n=2) == again[:2]
+
+
+def test_an_overflowing_sample_shrinks_to_the_largest_fitting_size(niah_samples, smollm2_tokenizer):
+    counter = TokenCounter(smollm2_tokenizer, chat=True)
+    gen = make_generator("niah_single_3", LENGTH, 42, counter)
+    fit_size = niah_samples["niah_single_3"][0].meta["fit_size"]
+    for index in range(2):
+        rng = lambda index=index: sample_rng(42, "niah_single_3", LENGTH, index)  # noqa: E731
+        draft = gen.fit_sample(fit_size + 700, counter, rng, index)  # 700 words too many: must shrink
+        size = draft.meta["haystack_size"]
+        assert size < fit_size + 700 and draft.meta["length_tokens"] <= LENGTH
+        assert (
+            gen.total_tokens(gen.draft(size + 1, rng(), index), counter) > LENGTH
+        )  # one more word overflows

@@ -79,8 +79,8 @@ class TokenCounter:
 class SizedGenerator(ABC):
     """A RULER task family: drafts samples of a given haystack size and fits them to a length.
 
-    Parameters set by subclasses: ``template`` (a :class:`~eval.benchmarks.ruler.templates.TaskTemplate`),
-    ``length`` (the target, generation included) and ``seed``.
+    Subclasses set ``length`` (the target, generation included), ``seed`` and
+    ``tokens_to_generate``, and implement :meth:`draft` and :meth:`increment`.
     """
 
     length: int
