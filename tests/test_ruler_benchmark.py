@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -12,7 +13,9 @@ from eval.benchmarks.base import PromptContext
 from eval.benchmarks.ruler import Ruler
 from eval.benchmarks.ruler import benchmark as ruler_benchmark
 from eval.benchmarks.ruler.cache import cache_file
+from eval.runner import build_prompt_ids
 from lava.errors import UserError
+from lava.models import as_spec
 
 REPO = Path(__file__).resolve().parents[1]
 OFFLINE = [
@@ -120,6 +123,13 @@ def test_cache_key_follows_the_chat_template_choice(cache_dir, smollm2_tokenizer
     assert not plain.chat and chat.chat
     # Without the ~30-token chat wrapper the haystack grows.
     assert plain.meta["haystack_size"] > chat.meta["haystack_size"]
+    spec = as_spec(yaml.safe_load((REPO / "configs" / "model" / "smollm2-135m.yaml").read_text()))
+    for s in (chat, plain):
+        assert (
+            len(build_prompt_ids(s, smollm2_tokenizer, spec)) + s.max_new_tokens
+            == s.meta["length_tokens"]
+            <= 512
+        )
 
 
 def test_a_damaged_cache_file_is_regenerated(cache_dir, smollm2_tokenizer):
