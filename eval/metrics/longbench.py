@@ -17,6 +17,7 @@ All functions are pure: ``(prediction, ground_truth, **kwargs) -> float`` in ``[
 
 from __future__ import annotations
 
+import logging
 import re
 import string
 from collections import Counter
@@ -52,6 +53,8 @@ def normalize_zh_answer(text: str) -> str:
 def _jieba_tokens(text: str) -> list[str]:
     import jieba  # imported lazily: building its dictionary costs about a second
 
+    # jieba logs "Building prefix dict ..." on first use; keep it out of the progress output.
+    jieba.setLogLevel(logging.WARNING)
     return list(jieba.cut(text, cut_all=False))
 
 
