@@ -23,7 +23,7 @@ from eval.generation import greedy_generate
 from eval.provenance import git_commit, package_versions, peak_memory
 from eval.records import RecordWriter, load_records, write_json_atomic
 from lava.errors import UserError
-from lava.models import ModelSpec, as_spec, load_model, newline_token_id, stop_token_ids
+from lava.models import ModelSpec, as_spec, load_model, load_tokenizer, newline_token_id, stop_token_ids
 
 IDENTITY_KEYS = ("model", "method", "bench", "budget", "seed")
 
@@ -136,7 +136,6 @@ def run(cfg: DictConfig) -> RunSummary:
     bench = build_benchmark(cfg)
     method = build_method(cfg)
     run_dir = run_dir_for(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
     predictions_path = run_dir / "predictions.jsonl"
     done, notes = load_records(predictions_path)
     for note in notes:
@@ -145,7 +144,7 @@ def run(cfg: DictConfig) -> RunSummary:
     import torch
 
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_model(spec)
+    tokenizer = load_tokenizer(spec)
     ctx = PromptContext(
         tokenizer=tokenizer,
         model_name=spec.name,
@@ -153,6 +152,7 @@ def run(cfg: DictConfig) -> RunSummary:
         seed=cfg.seed,
         chat_template=spec.chat_template,
     )
+    # Samples before weights: data errors surface in seconds, before the model is loaded.
     samples = list(bench.samples(ctx))
     if cfg.num_shards > 1:
         samples = samples[cfg.shard :: cfg.num_shards]
@@ -163,7 +163,9 @@ def run(cfg: DictConfig) -> RunSummary:
         raise UserError(f"bench {bench.name} produced duplicate sample ids; its ids must be unique")
     done_ids = {r["id"] for r in done}
     todo = [s for s in samples if s.id not in done_ids]
+    model, tokenizer = load_model(spec, tokenizer)
 
+    run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     describe = getattr(method, "describe", None)
     write_json_atomic(run_dir / "method.json", describe() if callable(describe) else {"name": cfg.method.name})

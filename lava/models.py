@@ -139,19 +139,21 @@ def load_tokenizer(spec: ModelSpec | Any) -> Any:
         raise UserError(f"cannot load tokenizer from {source}: {exc}".splitlines()[0]) from exc
 
 
-def load_model(spec: ModelSpec | Any) -> tuple[Any, Any]:
+def load_model(spec: ModelSpec | Any, tokenizer: Any | None = None) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` in eval mode, weights from safetensors only.
 
     Parameters
     ----------
     spec : ModelSpec or mapping
         The model config.
+    tokenizer : optional
+        An already loaded tokenizer of the same model.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
     spec = as_spec(spec)
-    tokenizer = load_tokenizer(spec)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(spec)
     source, extra = resolve_source(spec)
     dtype = getattr(torch, spec.dtype, None)
     if not isinstance(dtype, torch.dtype):
