@@ -16,6 +16,7 @@ import pandas as pd
 
 from eval.benchmarks.ruler.tasks import ALL_TASKS, TASKS
 from eval.metrics.ruler import postprocess_pred
+from eval.tables import markdown_table
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -84,20 +85,11 @@ def table_frame(summary: dict[str, Any]) -> pd.DataFrame:
     return frame
 
 
-def to_markdown(frame: pd.DataFrame) -> str:
-    """A GitHub Markdown table (pandas' own needs the optional ``tabulate`` package)."""
-    header = [frame.index.name or ""] + [str(c) for c in frame.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(frame.columns)) + "|"]
-    for name, row in frame.iterrows():
-        lines.append("| " + " | ".join([str(name)] + [f"{v:.2f}" for v in row]) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def write_tables(summary: dict[str, Any], run_dir: Path) -> list[Path]:
     """Write ``ruler_scores.csv`` and ``ruler_scores.md`` into ``run_dir``; return their paths."""
     frame = table_frame(summary)
     run_dir.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = run_dir / "ruler_scores.csv", run_dir / "ruler_scores.md"
     frame.to_csv(csv_path, float_format="%.2f")
-    md_path.write_text(to_markdown(frame), encoding="utf-8")
+    md_path.write_text(markdown_table(frame), encoding="utf-8")
     return [csv_path, md_path]
