@@ -62,7 +62,8 @@ class CakeScorer(Scorer):
         hkv, n, _ = keys.shape
         prefix = n - window
         block = window_attention(query_window, keys, scaling)[:, :, :prefix]  # (Hq, w, P)
-        variance = block.var(dim=1)  # over the window queries (unbiased, torch default as upstream)
+        # Over the window queries; unbiased as upstream (torch default), population variance for a 1-query window.
+        variance = block.var(dim=1, correction=1 if block.shape[1] > 1 else 0)
         token = pool_1d(block.mean(dim=1) + self.gamma * variance, self.kernel, self.pooling)
         dispersion = float(-(block * torch.log(block + 1e-10)).sum())
         tau1, tau2 = self.tau1 or 1.0, self.tau2 or 1.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 
@@ -51,6 +52,8 @@ class PyramidLayerBudget(LayerAllocator):
     beta: float = 20.0
 
     def allocate(self, stats, caps, num_layers, per_layer) -> list[int]:
+        if num_layers == 1:
+            return [min(per_layer, cap) for cap in caps]
         prefix = max(caps) if caps else 0
         low = int(per_layer // self.beta)
         high = 2 * per_layer - low
@@ -83,21 +86,24 @@ class ProportionalLayerBudget(LayerAllocator):
             return list(caps)
         if sum(values) <= 0:  # degenerate statistic: fall back to a uniform split
             values = [1.0] * len(caps)
-        lam = _water_level(values, caps, total)
-        return [min(cap, math.floor(lam * v)) if v > 0 else 0 for v, cap in zip(values, caps)]
+        exact = [Fraction(v) for v in values]  # exact arithmetic: a whole-number share must not floor to n - 1
+        lam = _water_level(exact, caps, total)
+        if lam is None:  # every layer with a positive statistic is capped
+            return [cap if v > 0 else 0 for v, cap in zip(exact, caps)]
+        return [min(cap, math.floor(lam * v)) if v > 0 else 0 for v, cap in zip(exact, caps)]
 
 
-def _water_level(values: Sequence[float], caps: Sequence[int], total: float) -> float:
-    """The ``lam`` with ``sum(min(cap, lam * v)) == total`` (assumes ``sum(caps) > total``)."""
-    order = sorted((cap / v, v, cap) for v, cap in zip(values, caps) if v > 0)
-    remaining_total, remaining_weight = float(total), sum(values)
+def _water_level(values: Sequence[Fraction], caps: Sequence[int], total: int) -> Fraction | None:
+    """The ``lam`` with ``sum(min(cap, lam * v)) == total``; None when all positive layers are capped."""
+    order = sorted((Fraction(cap) / v, v, cap) for v, cap in zip(values, caps) if v > 0)
+    remaining_total, remaining_weight = Fraction(total), sum(values, Fraction(0))
     for threshold, v, cap in order:
         lam = remaining_total / remaining_weight
         if lam < threshold:
             return lam
         remaining_total -= cap  # this layer is capped
         remaining_weight -= v
-    return remaining_total / remaining_weight if remaining_weight > 0 else math.inf
+    return None
 
 
 class EntropyLayerBudget(ProportionalLayerBudget):

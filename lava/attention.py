@@ -102,8 +102,8 @@ def flash_packed_attention(
     out_p, lse_p, _ = flash_attn_varlen_func(
         qv, keys.unsqueeze(1), values.unsqueeze(1), cu_q, cu_seqlens, 1, max_len,
         softmax_scale=scaling, causal=False, return_attn_probs=True,
-    )  # out (Hkv, g, d), lse (g, Hkv) or (Hkv, g) depending on version
-    lse_p = lse_p.reshape(-1)[: hkv * group].reshape(hkv, group) if lse_p.shape[0] == hkv else lse_p.T
+    )  # out (Hkv, g, d); softmax_lse (nheads, total_q) = (g, Hkv) since flash-attn 2.4, (Hkv, g, 1) before
+    lse_p = lse_p[:, :, 0] if lse_p.dim() == 3 else lse_p.T
     logits_t = torch.matmul(qv.float(), tail_keys.float().transpose(1, 2)) * scaling  # (Hkv, g, T)
     lse_t = torch.logsumexp(logits_t, dim=-1)
     out_t = torch.matmul(torch.softmax(logits_t, dim=-1), tail_values.float())

@@ -102,7 +102,7 @@ class CompressedLayer(CacheLayerMixin):
         """Keep only ``positions[h]``, which must be a subset of what head ``h`` stores."""
         key_parts, value_parts = [], []
         start = 0
-        for h, (old, new) in enumerate(zip(self.positions, positions)):
+        for old, new in zip(self.positions, positions):
             rows = torch.searchsorted(old, new) + start
             key_parts.append(self.keys[rows])
             value_parts.append(self.values[rows])

@@ -60,5 +60,6 @@ class SnapKVScorer(Scorer):
         prefix = keys.shape[1] - window
         probs = window_attention(query_window, keys, scaling)  # (Hq, w, n)
         mean = probs[:, :, :prefix].mean(dim=1)  # window columns dropped after the softmax
-        pooled = pool_1d(mean, self.kernel, self.pooling)
-        return LayerScores(group_reduce(pooled, keys.shape[0], self.gqa))
+        # Upstream reduces over the GQA group first, then pools (LAVa pools first: see lava.lava).
+        grouped = group_reduce(mean, keys.shape[0], self.gqa)
+        return LayerScores(pool_1d(grouped, self.kernel, self.pooling))

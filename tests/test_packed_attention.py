@@ -147,11 +147,6 @@ def _fake_flash_attn_varlen_func(
     return (out, lse, None) if return_attn_probs else out
 
 
-LSE_LAYOUT_BUG = (
-    "flash_packed_attention picks the softmax_lse layout by shape (lse.shape[0] == Hkv); when g == Hkv "
-    "(SmolLM2: 9 query / 3 KV heads) the documented (nheads, total_q) = (g, Hkv) layout is read untransposed "
-    "and the prompt/tail merge mixes heads. Decide by lse.dim() instead."
-)
 
 
 @pytest.mark.parametrize(
@@ -160,8 +155,8 @@ LSE_LAYOUT_BUG = (
         (8, 2, [40, 3], 3),  # g = 4 != Hkv
         (6, 1, [50], 2),
         (12, 3, [1, 17, 5], 1),
-        pytest.param(9, 3, [1, 17, 5], 4, marks=pytest.mark.xfail(strict=True, reason=LSE_LAYOUT_BUG)),
-        pytest.param(4, 2, [12, 30], 2, marks=pytest.mark.xfail(strict=True, reason=LSE_LAYOUT_BUG)),
+        (9, 3, [1, 17, 5], 4),  # g == Hkv: the softmax_lse layout matters
+        (4, 2, [12, 30], 2),
     ],
 )
 def test_flash_path_merge_matches_dense_reference(monkeypatch, hq, hkv, lens, t):

@@ -20,7 +20,6 @@ from fractions import Fraction
 import pytest
 import torch
 from test_reference_scorers import (  # the loop references of the scorers (sibling test module)
-    GROUP_ORDER_BUG,
     ref_cake,
     ref_kept,
     ref_lava,
@@ -211,13 +210,6 @@ def test_pyramid_layer_budget(num_layers, b, prefix, beta):
         assert full[0] == 2 * b - b // beta and full[-1] == b // beta
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "PyramidLayerBudget with num_layers == 1 gives the single layer min = b // beta instead of b "
-        "(span = max(L - 1, 1) makes layer 0 the last layer). Return [min(b, cap)] when num_layers == 1."
-    ),
-)
 def test_pyramid_single_layer_gets_the_whole_budget():
     assert PyramidLayerBudget(beta=20).allocate([None], [500], 1, 96) == [96]
 
@@ -287,29 +279,12 @@ def test_proportional_degenerate_statistics():
     assert allocator.allocate([1.0, 3.0], [5, 7], 2, 10) == [5, 7]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason=(
-        "ProportionalLayerBudget: when every layer with a positive statistic reaches its cap while "
-        "zero-statistic layers hold the rest of the prefixes, _water_level returns math.inf and "
-        "math.floor(inf * v) raises OverflowError."
-    ),
-)
 def test_proportional_all_weighted_layers_capped_does_not_crash():
     # total 20; the only weighted layer (cap 5) is capped, the zero-weight layer gets nothing
     assert ref_proportional([1.0, 0.0], [5, 100], 2, 10) == [5, 0]
     assert ProportionalLayerBudget().allocate([1.0, 0.0], [5, 100], 2, 10) == [5, 0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "ProportionalLayerBudget loses an entry when a layer's exact share is an integer: _water_level's "
-        "float level (running subtraction of weights, then lam * v) lands just below it, e.g. "
-        "floor(95.99999999999999) = 95. Fix: compute the level with fractions.Fraction."
-    ),
-)
 @pytest.mark.parametrize(
     ("stats", "caps", "num_layers", "b", "expected"),
     [
@@ -417,7 +392,7 @@ METHODS = {
     "lava_head_only": (LavaScorer, UniformLayerBudget, lambda: FlatHeadBudget(0.2, "exact")),
     "streamingllm": (lambda: SinkRecencyScorer(4), UniformLayerBudget, UniformHeadBudget),
 }
-SNAPKV_FAMILY = {"snapkv", "pyramidkv", "adakv"}  # GQA mean + max pooling: affected by GROUP_ORDER_BUG
+SNAPKV_FAMILY = {"snapkv", "pyramidkv", "adakv"}  # GQA mean, then max pooling
 
 
 def build_method(name: str, budget: int, window: int) -> CompressionMethod:
@@ -550,12 +525,7 @@ def _e2e_params():
     out = []
     for name in METHODS:
         for n, budget, window, _ in E2E_SETTINGS:
-            marks = ()
-            if name in SNAPKV_FAMILY and n > budget:
-                marks = pytest.mark.xfail(strict=True, reason=GROUP_ORDER_BUG)
-            out.append(
-                pytest.param(name, (n, budget, window), marks=marks, id=f"{name}-n{n}-B{budget}-w{window}")
-            )
+            out.append(pytest.param(name, (n, budget, window), id=f"{name}-n{n}-B{budget}-w{window}"))
     return out
 
 

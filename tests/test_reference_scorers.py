@@ -260,28 +260,13 @@ SNAPKV_VARIANTS = [
     ("avg", "max", 5),
     ("max", "mean", 1),
 ]
-GROUP_ORDER_BUG = (
-    "SnapKVScorer pools each query head before the GQA reduction; upstream SnapKV/Ada-KV (lava_spec.md "
-    "section 2) reduce the group first, then pool. Differs on GQA models unless the two commute."
-)
 
 
 def _snapkv_params():
     out = []
     for case in CASES:
         for pooling, gqa, kernel in SNAPKV_VARIANTS:
-            commutes = (
-                case[0] == case[1]
-                or kernel == 1
-                or case[4] - case[3] == 1
-                or (pooling == "avg") == (gqa == "mean")
-            )
-            marks = () if commutes else pytest.mark.xfail(strict=True, reason=GROUP_ORDER_BUG)
-            out.append(
-                pytest.param(
-                    case, pooling, gqa, kernel, marks=marks, id=f"{case_id(case)}-{pooling}-{gqa}-k{kernel}"
-                )
-            )
+            out.append(pytest.param(case, pooling, gqa, kernel, id=f"{case_id(case)}-{pooling}-{gqa}-k{kernel}"))
     return out
 
 
@@ -374,14 +359,6 @@ def test_sink_recency_scorer_matches_reference(case, sinks):
     assert lib_kept(result.scores, [keep] * hkv, n, w)[0][:keep] == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "CakeScorer with window=1 (allowed by CompressionMethod) takes the unbiased variance of a single "
-        "window query: NaN token scores and a NaN preference, so the kept set is arbitrary. Use "
-        "var(dim=1, correction=0) when w == 1, or reject window < 2 for CAKE with a UserError."
-    ),
-)
 def test_cake_scorer_single_window_query_is_not_nan():
     from lava.errors import UserError
 
