@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,9 @@ def validate(cfg: DictConfig) -> None:
     """One-line errors for values Hydra's schema-less config cannot check."""
     budget = cfg.get("budget")
     if not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0:
-        raise UserError(f"budget={budget} is invalid; give a positive integer (entries per KV head per layer)")
+        raise UserError(
+            f"budget={budget} is invalid; give a positive integer (entries per KV head per layer)"
+        )
     limit = cfg.get("limit")
     if limit is not None and (not isinstance(limit, int) or limit < 0):
         raise UserError(f"limit={limit} is invalid; give a non-negative integer or null")
@@ -53,12 +55,16 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"shard={shard} num_shards={shards} is invalid; need 0 <= shard < num_shards")
     for group in ("model", "method", "bench"):
         if not isinstance(cfg.get(group), DictConfig) or "name" not in cfg[group]:
-            raise UserError(f"config group '{group}' is missing or has no 'name'; pick one with {group}=<name>")
+            raise UserError(
+                f"config group '{group}' is missing or has no 'name'; pick one with {group}=<name>"
+            )
 
 
 def run_identity(cfg: DictConfig) -> dict[str, Any]:
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
-            for k in IDENTITY_KEYS}
+    return {
+        k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
+        for k in IDENTITY_KEYS
+    }
 
 
 def run_dir_for(cfg: DictConfig) -> Path:
@@ -74,20 +80,23 @@ def run_dir_for(cfg: DictConfig) -> Path:
     )
 
 
-def build_benchmark(cfg: DictConfig) -> Benchmark:
+def _instantiate(node: DictConfig, group: str) -> Any:
+    """Build an object from a config group, turning any constructor failure into a one-line UserError."""
     from hydra.utils import instantiate
 
     try:
-        bench = instantiate(cfg.bench, _convert_="all")
-    except UserError:
-        raise
+        return instantiate(node, _convert_="all")
     except Exception as exc:  # Hydra wraps constructor errors; surface the root cause on one line
         root = exc
         while root.__cause__ is not None:
             root = root.__cause__
         if isinstance(root, UserError):
             raise root from None
-        raise UserError(f"bad bench config ({cfg.bench.name}): {root}".splitlines()[0]) from None
+        raise UserError(f"bad {group} config ({node.name}): {root}".splitlines()[0]) from None
+
+
+def build_benchmark(cfg: DictConfig) -> Benchmark:
+    bench = _instantiate(cfg.bench, "bench")
     if not isinstance(bench, Benchmark):
         raise UserError(f"bench {cfg.bench.name!r} does not build a Benchmark; check its _target_")
     return bench
@@ -113,19 +122,8 @@ def new_cache(method: Any, model: Any, max_new_tokens: int) -> Any:
 
 
 def build_method(cfg: DictConfig) -> Any:
-    if "_target_" not in cfg.method:
-        return None
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(cfg.method, _convert_="all")
-    except Exception as exc:
-        root = exc
-        while root.__cause__ is not None:
-            root = root.__cause__
-        if isinstance(root, UserError):
-            raise root from None
-        raise UserError(f"bad method config ({cfg.method.name}): {root}".splitlines()[0]) from None
+    """The compression method of the config, or None for the full cache (a method without ``_target_``)."""
+    return _instantiate(cfg.method, "method") if "_target_" in cfg.method else None
 
 
 def run(cfg: DictConfig) -> RunSummary:
@@ -168,26 +166,42 @@ def run(cfg: DictConfig) -> RunSummary:
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     describe = getattr(method, "describe", None)
-    write_json_atomic(run_dir / "method.json", describe() if callable(describe) else {"name": cfg.method.name})
+    write_json_atomic(
+        run_dir / "method.json", describe() if callable(describe) else {"name": cfg.method.name}
+    )
     eos_ids = stop_token_ids(tokenizer, spec, model)
     newline_id = newline_token_id(tokenizer)
     device = next(model.parameters()).device
     new_records: list[dict[str, Any]] = []
     warned_long = False
-    bar = tqdm(todo, desc=f"{bench.name}/{cfg.method.name}", unit="sample", disable=not cfg.progress,
-               initial=len(samples) - len(todo), total=len(samples))
+    bar = tqdm(
+        todo,
+        desc=f"{bench.name}/{cfg.method.name}",
+        unit="sample",
+        disable=not cfg.progress,
+        initial=len(samples) - len(todo),
+        total=len(samples),
+    )
     with RecordWriter(predictions_path) as writer:
         for sample in bar:
             prompt_ids = build_prompt_ids(sample, tokenizer, spec)
             if not warned_long and len(prompt_ids) + sample.max_new_tokens > spec.max_context:
                 warned_long = True
-                tqdm.write(f"[lava] warning: {sample.id} needs {len(prompt_ids)}+{sample.max_new_tokens} tokens, "
-                           f"beyond model.max_context={spec.max_context}")
+                tqdm.write(
+                    f"[lava] warning: {sample.id} needs {len(prompt_ids)}+{sample.max_new_tokens} tokens, "
+                    f"beyond model.max_context={spec.max_context}"
+                )
             stops = eos_ids + ([newline_id] if sample.stop_newline else [])
             input_ids = torch.tensor([prompt_ids], device=device)
             cache = new_cache(method, model, sample.max_new_tokens)
-            gen = greedy_generate(model, input_ids, max_new_tokens=sample.max_new_tokens, stop_ids=stops,
-                                  cache=cache, min_new_tokens=cfg.min_new_tokens)
+            gen = greedy_generate(
+                model,
+                input_ids,
+                max_new_tokens=sample.max_new_tokens,
+                stop_ids=stops,
+                cache=cache,
+                min_new_tokens=cfg.min_new_tokens,
+            )
             record = {
                 "id": sample.id,
                 "task": sample.task,
@@ -278,6 +292,3 @@ def format_summary(summary: RunSummary) -> str:
         *[f"    {p}" for p in summary.paths],
     ]
     return "\n".join(lines)
-
-
-__all__ = ["RunSummary", "run", "format_summary", "run_dir_for", "validate", "asdict"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from lava import attention
@@ -57,6 +57,8 @@ class CompressionMethod:
             raise UserError(
                 f"budget={self.budget} must exceed method.window={self.window} (the window is part of the budget)"
             )
+        for part_name in ("scorer", "layer_allocator", "head_allocator"):
+            check_field_types(getattr(self, part_name), f"method.{part_name}")
         self.scorer.bind(self.model_name, self.budget)
 
     def make_cache(self, model: Any, max_new_tokens: int = 64) -> CompressedCache:
@@ -67,6 +69,7 @@ class CompressionMethod:
 
     def describe(self) -> dict[str, Any]:
         """The full parameter set, for the run folder."""
+
         def part(obj: Any) -> Any:
             if is_dataclass(obj):
                 return {"class": type(obj).__qualname__, **asdict(obj)}
@@ -81,3 +84,27 @@ class CompressionMethod:
             "head_allocator": part(self.head_allocator),
             "model_name": self.model_name,
         }
+
+
+_SIMPLE_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def check_field_types(part: Any, prefix: str) -> None:
+    """One-line UserError when a part's numeric or string hyper-parameter has the wrong type.
+
+    Hydra passes config values through untyped, so ``gamma=oops`` would otherwise fail deep inside
+    the first prefill.
+    """
+    if not is_dataclass(part):
+        return
+    for f in fields(part):
+        annotation = str(f.type).replace(" ", "")
+        optional = annotation.endswith("|None")
+        allowed = _SIMPLE_TYPES.get(annotation.removesuffix("|None"))
+        value = getattr(part, f.name)
+        if allowed is None or (optional and value is None):
+            continue
+        if not isinstance(value, allowed) or (bool not in allowed and isinstance(value, bool)):
+            raise UserError(
+                f"{prefix}.{f.name}={value!r} is invalid; expected {annotation.replace('|', ' or ')}"
+            )

@@ -1,6 +1,6 @@
 """Merge the run folders of a sharded job (``shard=i num_shards=N``) into one scored run folder.
 
-    python scripts/merge_shards.py outputs/m/b/lava-b128-*-shard*of4 --out outputs/m/b/lava-b128-merged
+python scripts/merge_shards.py outputs/m/b/lava-b128-*-shard*of4 --out outputs/m/b/lava-b128-merged
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ def merge(shards: list[Path], out: Path) -> dict:
     if not shards:
         raise UserError("give at least one shard folder")
     configs = [OmegaConf.load(s / "config.yaml") for s in shards]
-    identity = {OmegaConf.to_yaml(OmegaConf.masked_copy(c, ["model", "method", "bench", "budget", "seed"])) for c in configs}
+    identity = {
+        OmegaConf.to_yaml(OmegaConf.masked_copy(c, ["model", "method", "bench", "budget", "seed"]))
+        for c in configs
+    }
     if len(identity) != 1:
         raise UserError("the shards come from different configurations; merge only shards of one job")
     records: dict[str, dict] = {}
@@ -47,7 +50,9 @@ def merge(shards: list[Path], out: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("shards", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()

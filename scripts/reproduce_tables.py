@@ -33,15 +33,28 @@ def sweep(profile: dict, benches: list[str], output_root: Path) -> pd.DataFrame:
         for method in profile["methods"]:
             budgets = profile["budgets"] if method != "full" else profile["budgets"][:1]
             for budget in budgets:
-                overrides = [*profile["benches"][bench], f"method={method}", f"budget={budget}",
-                             f"output_root={output_root}", "progress=true"]
+                overrides = [
+                    *profile["benches"][bench],
+                    f"method={method}",
+                    f"budget={budget}",
+                    f"output_root={output_root}",
+                    "progress=true",
+                ]
                 with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
                     cfg = compose(config_name="config", overrides=overrides)
                 summary = run(cfg)
                 scores = json.loads((run_dir_for(cfg) / "scores.json").read_text())
                 for b in budgets if method == "full" else [budget]:
-                    rows.append({"bench": bench, "method": method, "budget": b, "score": summary.score,
-                                 "per_task": scores.get("per_task", {}), "run_dir": str(summary.run_dir)})
+                    rows.append(
+                        {
+                            "bench": bench,
+                            "method": method,
+                            "budget": b,
+                            "score": summary.score,
+                            "per_task": scores.get("per_task", {}),
+                            "run_dir": str(summary.run_dir),
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -64,7 +77,9 @@ def write_tables(df: pd.DataFrame, out: Path) -> list[Path]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--profile", type=Path, default=REPO / "configs" / "sweep" / "cpu.yaml")
     parser.add_argument("--bench", action="append", help="bench(es) of the profile to run (default: all)")
     parser.add_argument("--output-root", type=Path, default=REPO / "outputs" / "reproduce")
