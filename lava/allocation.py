@@ -86,7 +86,9 @@ class ProportionalLayerBudget(LayerAllocator):
             return list(caps)
         if sum(values) <= 0:  # degenerate statistic: fall back to a uniform split
             values = [1.0] * len(caps)
-        exact = [Fraction(v) for v in values]  # exact arithmetic: a whole-number share must not floor to n - 1
+        exact = [
+            Fraction(v) for v in values
+        ]  # exact arithmetic: a whole-number share must not floor to n - 1
         lam = _water_level(exact, caps, total)
         if lam is None:  # every layer with a positive statistic is capped
             return [cap if v > 0 else 0 for v, cap in zip(exact, caps)]

@@ -100,15 +100,25 @@ def flash_packed_attention(
     qv = query.reshape(hkv, group, d)  # q == 1
     cu_q = torch.arange(hkv + 1, device=query.device, dtype=torch.int32)
     out_p, lse_p, _ = flash_attn_varlen_func(
-        qv, keys.unsqueeze(1), values.unsqueeze(1), cu_q, cu_seqlens, 1, max_len,
-        softmax_scale=scaling, causal=False, return_attn_probs=True,
+        qv,
+        keys.unsqueeze(1),
+        values.unsqueeze(1),
+        cu_q,
+        cu_seqlens,
+        1,
+        max_len,
+        softmax_scale=scaling,
+        causal=False,
+        return_attn_probs=True,
     )  # out (Hkv, g, d); softmax_lse (nheads, total_q) = (g, Hkv) since flash-attn 2.4, (Hkv, g, 1) before
     lse_p = lse_p[:, :, 0] if lse_p.dim() == 3 else lse_p.T
     logits_t = torch.matmul(qv.float(), tail_keys.float().transpose(1, 2)) * scaling  # (Hkv, g, T)
     lse_t = torch.logsumexp(logits_t, dim=-1)
     out_t = torch.matmul(torch.softmax(logits_t, dim=-1), tail_values.float())
     lse = torch.logaddexp(lse_p.float(), lse_t)
-    out = out_p.float() * torch.exp(lse_p.float() - lse)[..., None] + out_t * torch.exp(lse_t - lse)[..., None]
+    out = (
+        out_p.float() * torch.exp(lse_p.float() - lse)[..., None] + out_t * torch.exp(lse_t - lse)[..., None]
+    )
     return out.reshape(hq, 1, d).to(query.dtype)
 
 
@@ -165,8 +175,12 @@ def enable(model: Any) -> Any:
     return model
 
 
-def full_prefill_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float) -> torch.Tensor:
+def full_prefill_attention(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float
+) -> torch.Tensor:
     """Causal SDPA over the whole prompt. Shapes (1, Hq, n, d), (1, Hkv, n, d) -> (1, n, Hq, d)."""
     causal = query.shape[2] > 1
-    out = F.scaled_dot_product_attention(query, keys, values, is_causal=causal, scale=scaling, enable_gqa=True)
+    out = F.scaled_dot_product_attention(
+        query, keys, values, is_causal=causal, scale=scaling, enable_gqa=True
+    )
     return out.transpose(1, 2).contiguous()

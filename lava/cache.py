@@ -90,7 +90,10 @@ class CompressedLayer(CacheLayerMixin):
     def store(self, positions: list[torch.Tensor], reserve: int) -> None:
         """Keep ``positions[h]`` (sorted token positions) of head ``h`` from the full prompt KV."""
         keys, values = self.full_keys, self.full_values
-        self._pack([keys[h, pos] for h, pos in enumerate(positions)], [values[h, pos] for h, pos in enumerate(positions)])
+        self._pack(
+            [keys[h, pos] for h, pos in enumerate(positions)],
+            [values[h, pos] for h, pos in enumerate(positions)],
+        )
         self.positions = positions
         self.full_keys = self.full_values = None
         hkv, _, d = keys.shape
@@ -211,7 +214,9 @@ class CompressedCache(Cache):
 
     def _shrink(self, j: int, budget: int, window_pos: torch.Tensor) -> None:
         earlier = self.layers[j]
-        caps = torch.minimum(self.method.head_allocator.caps(earlier.scores, budget, self.method.budget), earlier.prefix_kept)
+        caps = torch.minimum(
+            self.method.head_allocator.caps(earlier.scores, budget, self.method.budget), earlier.prefix_kept
+        )
         self.layer_budgets[j] = budget
         if torch.equal(caps, earlier.prefix_kept):
             return
@@ -248,4 +253,6 @@ class CompressedCache(Cache):
 
 def _positions(order: torch.Tensor, caps: torch.Tensor, window_pos: torch.Tensor) -> list[torch.Tensor]:
     """Per head: the sorted positions of its top-``cap`` prefix entries, then the window."""
-    return [torch.cat([torch.sort(order[h, : int(c)]).values, window_pos]) for h, c in enumerate(caps.tolist())]
+    return [
+        torch.cat([torch.sort(order[h, : int(c)]).values, window_pos]) for h, c in enumerate(caps.tolist())
+    ]

