@@ -26,6 +26,7 @@ def packed_attention(
     tail_keys: torch.Tensor,
     tail_values: torch.Tensor,
     scaling: float,
+    prefix_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Exact attention of new queries over variable-length per-head caches (CPU / PyTorch path).
 
@@ -40,6 +41,9 @@ def packed_attention(
     tail_keys, tail_values : Tensor, shape (Hkv, T, d)
         Entries appended after compression, the ``q`` new ones last; every head has ``T`` of them.
     scaling : float
+    prefix_bias : Tensor, shape (N, Hq), optional
+        For ``q == 1``: 0 where row and query head share a KV head, -inf elsewhere
+        (:func:`head_bias`). Precomputed once per layer, it saves the masking work of every step.
 
     Returns
     -------
@@ -56,9 +60,12 @@ def packed_attention(
     group = hq // hkv
     dtype = torch.float32
     cols = query.reshape(hq * q, d).to(dtype)  # column c = (query head c // q, token c % q)
-    col_head = torch.arange(hq, device=query.device).repeat_interleave(q) // group
-    prefix_logits = (keys.to(dtype) @ cols.T) * scaling  # (N, Hq*q)
-    prefix_logits = prefix_logits.masked_fill(row_head[:, None] != col_head[None, :], float("-inf"))
+    if q == 1 and prefix_bias is not None:
+        prefix_logits = torch.addmm(prefix_bias, keys.to(dtype), cols.T, alpha=scaling)  # (N, Hq)
+    else:
+        col_head = torch.arange(hq, device=query.device).repeat_interleave(q) // group
+        prefix_logits = (keys.to(dtype) @ cols.T) * scaling  # (N, Hq*q)
+        prefix_logits = prefix_logits.masked_fill(row_head[:, None] != col_head[None, :], float("-inf"))
     qh = query.reshape(hkv, group * q, d).to(dtype)
     tail_logits = torch.matmul(qh, tail_keys.to(dtype).transpose(1, 2)) * scaling  # (Hkv, g*q, T)
     if q > 1:  # causal among the new tokens: token i sees tail entries < T - q + i + 1
@@ -74,6 +81,13 @@ def packed_attention(
     tail_probs = probs[n:].T.reshape(hkv, group * q, t)
     out = out + torch.matmul(tail_probs, tail_values.to(dtype)).reshape(hq * q, d)
     return out.reshape(hq, q, d).to(query.dtype)
+
+
+def head_bias(row_head: torch.Tensor, num_query_heads: int, num_kv_heads: int) -> torch.Tensor:
+    """(N, Hq) additive mask: 0 where packed row and query head belong to the same KV head, else -inf."""
+    col_head = torch.arange(num_query_heads, device=row_head.device) // (num_query_heads // num_kv_heads)
+    bias = torch.zeros(row_head.shape[0], num_query_heads, device=row_head.device)
+    return bias.masked_fill_(row_head[:, None] != col_head[None, :], float("-inf"))
 
 
 def flash_packed_attention(

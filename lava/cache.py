@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from lava.attention import flash_available, flash_packed_attention, full_prefill_attention, packed_attention
+from lava.attention import (
+    flash_available,
+    flash_packed_attention,
+    full_prefill_attention,
+    head_bias,
+    packed_attention,
+)
 
 if TYPE_CHECKING:
     from lava.method import CompressionMethod
@@ -42,6 +48,7 @@ class CompressedLayer(CacheLayerMixin):
         self.positions: list[torch.Tensor] = []  # per head: sorted positions stored (prefix + window)
         self.head_lens = torch.zeros(0, dtype=torch.long)
         self.row_head: torch.Tensor | None = None
+        self.prefix_bias: torch.Tensor | None = None  # (N, Hq) decode mask, built on first use
         self.cu_seqlens: torch.Tensor | None = None
         self.tail_keys: torch.Tensor | None = None
         self.tail_values: torch.Tensor | None = None
@@ -119,6 +126,7 @@ class CompressedLayer(CacheLayerMixin):
         lens = torch.tensor([p.shape[0] for p in key_parts], dtype=torch.long)
         self.head_lens = lens
         self.row_head = torch.repeat_interleave(torch.arange(len(key_parts)), lens).to(self.keys.device)
+        self.prefix_bias = None
         self.cu_seqlens = torch.nn.functional.pad(lens.cumsum(0), (1, 0)).to(self.keys.device, torch.int32)
 
     def _append(self, keys: torch.Tensor, values: torch.Tensor) -> None:
@@ -146,7 +154,11 @@ class CompressedLayer(CacheLayerMixin):
                 q, self.keys, self.values, self.cu_seqlens, int(self.head_lens.max()), tail_k, tail_v, scaling
             )
         else:
-            out = packed_attention(q, self.keys, self.values, self.row_head, tail_k, tail_v, scaling)
+            if self.prefix_bias is None:
+                self.prefix_bias = head_bias(self.row_head, q.shape[0], len(self.positions))
+            out = packed_attention(
+                q, self.keys, self.values, self.row_head, tail_k, tail_v, scaling, self.prefix_bias
+            )
         return out.transpose(0, 1).unsqueeze(0)
 
 
