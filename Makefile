@@ -9,6 +9,9 @@ HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
 
 export HF_HUB_DISABLE_TELEMETRY=1
 export TOKENIZERS_PARALLELISM=false
+# OpenMP threads sleep instead of spinning while idle: on a shared machine active spinning made
+# 2-thread runs up to 4x slower (docs/perf.md); on an idle machine the difference is small.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup run test lint format bench-perf reproduce-tables clean
 
