@@ -17,7 +17,7 @@ from eval.generation import greedy_generate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 METHODS = sorted(p.stem for p in (CONFIGS / "method").glob("*.yaml") if p.stem != "full")
-NEW_TOKENS = 24
+NEW_TOKENS = 12
 
 
 def build_method(name: str, budget: int):
@@ -69,7 +69,7 @@ def test_runner_loop_identical_to_full(smollm2, prompt, full_tokens, name):
     assert cache.report()["kept_entries"] == 30 * 3 * prompt.shape[1]  # nothing evicted
 
 
-@pytest.mark.parametrize("name", ["lava", "adakv", "cake", "snapkv"])
+@pytest.mark.parametrize("name", ["lava", "adakv"])
 def test_generate_identical_to_full(smollm2, prompt, full_generate_tokens, name):
     model, _ = smollm2
     method = build_method(name, budget=4096)
