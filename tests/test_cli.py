@@ -23,7 +23,12 @@ def _env() -> dict:
 
 def _run(args, timeout=600):
     return subprocess.run(
-        [sys.executable, "run.py", *args], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout
+        [sys.executable, "run.py", *args],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -53,7 +58,10 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, reference_run):
     root = tmp_path / "killed"
     proc = subprocess.Popen(
         [sys.executable, "run.py", "method=full", f"output_root={root}", *GRID],
-        cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
     while time.time() < deadline:  # kill once some but not all samples are written

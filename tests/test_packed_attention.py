@@ -147,8 +147,6 @@ def _fake_flash_attn_varlen_func(
     return (out, lse, None) if return_attn_probs else out
 
 
-
-
 @pytest.mark.parametrize(
     ("hq", "hkv", "lens", "t"),
     [

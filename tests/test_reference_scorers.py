@@ -266,7 +266,9 @@ def _snapkv_params():
     out = []
     for case in CASES:
         for pooling, gqa, kernel in SNAPKV_VARIANTS:
-            out.append(pytest.param(case, pooling, gqa, kernel, id=f"{case_id(case)}-{pooling}-{gqa}-k{kernel}"))
+            out.append(
+                pytest.param(case, pooling, gqa, kernel, id=f"{case_id(case)}-{pooling}-{gqa}-k{kernel}")
+            )
     return out
 
 

@@ -39,7 +39,12 @@ def full_tokens(smollm2, prompt):
     model, _ = smollm2
     model.set_attn_implementation("sdpa")
     gen = greedy_generate(
-        model, prompt, max_new_tokens=NEW_TOKENS, stop_ids=[], cache=DynamicCache(config=model.config), min_new_tokens=0
+        model,
+        prompt,
+        max_new_tokens=NEW_TOKENS,
+        stop_ids=[],
+        cache=DynamicCache(config=model.config),
+        min_new_tokens=0,
     )
     return gen.token_ids
 
@@ -54,7 +59,14 @@ def full_generate_tokens(smollm2, prompt):
 
 def test_methods_list_is_complete():
     assert set(METHODS) == {
-        "adakv", "cake", "lava", "lava_head_only", "lava_layer_only", "pyramidkv", "snapkv", "streamingllm",
+        "adakv",
+        "cake",
+        "lava",
+        "lava_head_only",
+        "lava_layer_only",
+        "pyramidkv",
+        "snapkv",
+        "streamingllm",
     }
 
 
@@ -64,7 +76,9 @@ def test_runner_loop_identical_to_full(smollm2, prompt, full_tokens, name):
     method = build_method(name, budget=4096)
     assert prompt.shape[1] <= method.budget
     cache = method.make_cache(model, max_new_tokens=NEW_TOKENS)
-    gen = greedy_generate(model, prompt, max_new_tokens=NEW_TOKENS, stop_ids=[], cache=cache, min_new_tokens=0)
+    gen = greedy_generate(
+        model, prompt, max_new_tokens=NEW_TOKENS, stop_ids=[], cache=cache, min_new_tokens=0
+    )
     assert gen.token_ids == full_tokens
     assert cache.report()["kept_entries"] == 30 * 3 * prompt.shape[1]  # nothing evicted
 
@@ -96,7 +110,10 @@ def test_compressed_generate_matches_runner_loop(smollm2, prompt):
     )
     assert cache.compressed and cache.report()["kept_entries"] <= 30 * 3 * 64
     out = model.generate(
-        prompt, past_key_values=method.make_cache(model, max_new_tokens=NEW_TOKENS),
-        max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+        prompt,
+        past_key_values=method.make_cache(model, max_new_tokens=NEW_TOKENS),
+        max_new_tokens=NEW_TOKENS,
+        min_new_tokens=NEW_TOKENS,
+        do_sample=False,
     )
     assert out[0, prompt.shape[1] :].tolist() == loop.token_ids

