@@ -19,14 +19,7 @@ _registered = False
 
 
 def packed_attention(
-    query: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    row_head: torch.Tensor,
-    tail_keys: torch.Tensor,
-    tail_values: torch.Tensor,
-    scaling: float,
-    prefix_bias: torch.Tensor | None = None,
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, scaling: float
 ) -> torch.Tensor:
     """Exact attention of new queries over variable-length per-head caches (CPU / PyTorch path).
 
@@ -34,16 +27,12 @@ def packed_attention(
     ----------
     query : Tensor, shape (Hq, q, d)
         Queries of the ``q`` new tokens (post-RoPE).
-    keys, values : Tensor, shape (N, d)
-        Compressed prompt entries of all KV heads, concatenated head by head.
-    row_head : Tensor, shape (N,), int64
-        KV head of each packed row.
-    tail_keys, tail_values : Tensor, shape (Hkv, T, d)
-        Entries appended after compression, the ``q`` new ones last; every head has ``T`` of them.
+    keys, values : Tensor, shape (L, d)
+        The stored entries of all KV heads as rows, in any order (the cache keeps the prompt head
+        after head, then the decode steps token after token).
+    bias : Tensor, shape (Hq * q, L)
+        Additive mask (:func:`decode_bias`): 0 where query row ``h * q + i`` may see a row, -inf elsewhere.
     scaling : float
-    prefix_bias : Tensor, shape (N, Hq), optional
-        For ``q == 1``: 0 where row and query head share a KV head, -inf elsewhere
-        (:func:`head_bias`). Precomputed once per layer, it saves the masking work of every step.
 
     Returns
     -------
@@ -51,43 +40,48 @@ def packed_attention(
 
     Notes
     -----
-    One matmul scores every packed row against every query head, and a static mask keeps the
-    pairs of the same KV head. This spends ``Hkv`` times the necessary FLOPs on the prompt part but
-    no Python loop over heads, which is faster for the small head counts that run on CPUs.
+    All query rows of all heads are scored against all stored rows in one matmul: ``Hkv`` times
+    the necessary FLOPs, but at decode sizes (a few thousand rows) the cost of each CPU kernel launch
+    dominates, and three launches (addmm, softmax, mm) replace a loop over heads or a gather into a
+    padded tensor. Measured on SmolLM2 at 4k tokens this also beat a single masked SDPA call
+    (docs/perf.md).
     """
     hq, q, d = query.shape
-    hkv, t, _ = tail_keys.shape
-    group = hq // hkv
-    dtype = torch.float32
-    cols = query.reshape(hq * q, d).to(dtype)  # column c = (query head c // q, token c % q)
-    if q == 1 and prefix_bias is not None:
-        prefix_logits = torch.addmm(prefix_bias, keys.to(dtype), cols.T, alpha=scaling)  # (N, Hq)
-    else:
-        col_head = torch.arange(hq, device=query.device).repeat_interleave(q) // group
-        prefix_logits = (keys.to(dtype) @ cols.T) * scaling  # (N, Hq*q)
-        prefix_logits = prefix_logits.masked_fill(row_head[:, None] != col_head[None, :], float("-inf"))
-    qh = query.reshape(hkv, group * q, d).to(dtype)
-    tail_logits = torch.matmul(qh, tail_keys.to(dtype).transpose(1, 2)) * scaling  # (Hkv, g*q, T)
-    if q > 1:  # causal among the new tokens: token i sees tail entries < T - q + i + 1
-        token = torch.arange(q, device=query.device).repeat(group)
-        limit = t - q + token + 1
-        tail_logits = tail_logits.masked_fill(
-            torch.arange(t, device=query.device)[None, None, :] >= limit[None, :, None], float("-inf")
-        )
-    tail_logits = tail_logits.reshape(hq * q, t).T  # (T, Hq*q)
-    probs = torch.softmax(torch.cat([prefix_logits, tail_logits], dim=0), dim=0)
-    n = keys.shape[0]
-    out = probs[:n].T @ values.to(dtype)  # (Hq*q, d): masked rows have zero weight
-    tail_probs = probs[n:].T.reshape(hkv, group * q, t)
-    out = out + torch.matmul(tail_probs, tail_values.to(dtype)).reshape(hq * q, d)
-    return out.reshape(hq, q, d).to(query.dtype)
+    logits = torch.addmm(bias.to(query.dtype), query.reshape(hq * q, d), keys.T, alpha=scaling)  # (Hq*q, L)
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(values.dtype)
+    return torch.mm(probs, values).reshape(hq, q, d)
 
 
-def head_bias(row_head: torch.Tensor, num_query_heads: int, num_kv_heads: int) -> torch.Tensor:
-    """(N, Hq) additive mask: 0 where packed row and query head belong to the same KV head, else -inf."""
-    col_head = torch.arange(num_query_heads, device=row_head.device) // (num_query_heads // num_kv_heads)
-    bias = torch.zeros(row_head.shape[0], num_query_heads, device=row_head.device)
-    return bias.masked_fill_(row_head[:, None] != col_head[None, :], float("-inf"))
+def decode_bias(
+    row_head: torch.Tensor,
+    row_step: torch.Tensor,
+    num_query_heads: int,
+    num_kv_heads: int,
+    q: int,
+    steps: int,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """(Hq * q, L) additive mask for :func:`packed_attention`.
+
+    Query row ``h * q + i`` (query head ``h``, new token ``i`` of ``q``) sees row ``r`` when ``r`` belongs
+    to KV head ``h // (Hq / Hkv)`` and, for decode rows, when its step is at most ``steps - q + i``
+    (causal among the new tokens; ``steps`` counts the decode steps stored, new ones included).
+
+    Parameters
+    ----------
+    row_head : Tensor, shape (L,), int64
+        KV head of each row.
+    row_step : Tensor, shape (L,), int64
+        Decode step of each row, ``-1`` for prompt rows (always visible).
+    """
+    device = row_head.device
+    col_head = torch.arange(num_query_heads, device=device).repeat_interleave(q) // (
+        num_query_heads // num_kv_heads
+    )
+    token = torch.arange(q, device=device).repeat(num_query_heads)
+    visible = (row_head[None, :] == col_head[:, None]) & (row_step[None, :] <= (steps - q + token)[:, None])
+    bias = torch.zeros(visible.shape, dtype=dtype, device=device)
+    return bias.masked_fill_(~visible, float("-inf"))
 
 
 def flash_packed_attention(

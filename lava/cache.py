@@ -1,10 +1,11 @@
 """A transformers ``Cache`` whose KV heads hold different numbers of entries.
 
-Per layer, the compressed prompt is stored packed: one ``(N, d)`` key tensor and one value tensor,
-head after head, each head's kept entries in positional order followed by the window. Nothing is
-padded or masked in storage; the freed entries are really freed. Tokens appended after
-compression go to a dense ``(Hkv, T, d)`` tail (every head gains one entry per step), preallocated
-for ``max_new_tokens`` and doubled when full, so an append is amortised O(1).
+Per layer, keys and values live in one ``(rows, d)`` buffer each: the kept prompt entries, head
+after head (each head's kept positions in order, then the window), followed by room for the decode
+steps, token after token. Nothing is padded to the longest head and nothing evicted is kept or
+masked; the only spare rows are the ones reserved for ``max_new_tokens`` decode steps, doubled when
+full, so an append is amortised O(1) and never moves the prompt rows. One decode attention call is a
+single SDPA over the used rows with a static head mask (:func:`lava.attention.packed_attention`).
 
 The logical sequence length stays the uncompressed one, so RoPE positions continue correctly.
 """
@@ -17,10 +18,10 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from lava.attention import (
+    decode_bias,
     flash_available,
     flash_packed_attention,
     full_prefill_attention,
-    head_bias,
     packed_attention,
 )
 
@@ -29,7 +30,12 @@ if TYPE_CHECKING:
 
 
 class CompressedLayer(CacheLayerMixin):
-    """One layer's per-head variable-length cache."""
+    """One layer's per-head variable-length cache.
+
+    ``keys`` and ``values`` are ``(rows, d)`` buffers: the ``num_prompt_rows`` kept prompt entries,
+    head after head, then room for ``tail_capacity`` decode steps, token after token (row
+    ``num_prompt_rows + t * Hkv + h`` holds step ``t`` of KV head ``h``).
+    """
 
     is_sliding = False
     is_compileable = False
@@ -40,19 +46,20 @@ class CompressedLayer(CacheLayerMixin):
         self.parent = parent
         self.layer_idx = layer_idx
         self.seq_len = 0
+        self.num_kv_heads = 0
         self.full_keys: torch.Tensor | None = None  # (Hkv, n, d) between prefill and compression
         self.full_values: torch.Tensor | None = None
         self.scores: torch.Tensor | None = None  # (Hkv, P) scorer output, kept for later shrinking
-        self.order: torch.Tensor | None = None  # (Hkv, P) prefix positions by descending score
         self.prefix_kept: torch.Tensor | None = None  # (Hkv,) top-k size per head
-        self.positions: list[torch.Tensor] = []  # per head: sorted positions stored (prefix + window)
+        self.num_prompt_rows = 0
+        self.row_head = torch.zeros(0, dtype=torch.long)  # (N,) KV head of each prompt row
+        self.row_pos = torch.zeros(0, dtype=torch.long)  # (N,) token position of each prompt row
+        self.row_rank = torch.zeros(0, dtype=torch.long)  # (N,) rank by score in its head; -1 = window
         self.head_lens = torch.zeros(0, dtype=torch.long)
-        self.row_head: torch.Tensor | None = None
-        self.prefix_bias: torch.Tensor | None = None  # (N, Hq) decode mask, built on first use
         self.cu_seqlens: torch.Tensor | None = None
-        self.tail_keys: torch.Tensor | None = None
-        self.tail_values: torch.Tensor | None = None
         self.tail_len = 0
+        self.tail_capacity = 0
+        self._bias: torch.Tensor | None = None  # (Hq, rows) one-token decode mask, built on first use
 
     # -- transformers CacheLayerMixin --------------------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -65,6 +72,7 @@ class CompressedLayer(CacheLayerMixin):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
             self.full_keys, self.full_values = key_states[0], value_states[0]
+            self.num_kv_heads = key_states.shape[1]
         elif self.full_keys is not None:
             raise RuntimeError(
                 "layer was not compressed after prefill: the model must use attn_implementation='lava' "
@@ -92,52 +100,125 @@ class CompressedLayer(CacheLayerMixin):
     @property
     def num_entries(self) -> int:
         """Stored prompt entries (all heads), tail excluded."""
-        return int(self.head_lens.sum())
+        return self.num_prompt_rows
 
-    def store(self, positions: list[torch.Tensor], reserve: int) -> None:
-        """Keep ``positions[h]`` (sorted token positions) of head ``h`` from the full prompt KV."""
+    @property
+    def prompt_keys(self) -> torch.Tensor | None:
+        """(N, d) kept prompt keys, head after head."""
+        return None if self.keys is None else self.keys[: self.num_prompt_rows]
+
+    @property
+    def prompt_values(self) -> torch.Tensor | None:
+        return None if self.values is None else self.values[: self.num_prompt_rows]
+
+    @property
+    def positions(self) -> list[torch.Tensor]:
+        """Per KV head: the sorted token positions it stores (kept prefix, then the window)."""
+        return list(torch.split(self.row_pos, self.head_lens.tolist()))
+
+    def store(self, rank: torch.Tensor, caps: torch.Tensor, reserve: int) -> None:
+        """Keep, in head ``h``, the prompt positions ``p`` with ``rank[h, p] < caps[h]``.
+
+        ``rank`` (Hkv, n) is each position's rank by score within its head, ``-1`` for positions that
+        are always kept (the window, or everything when nothing is evicted).
+        """
         keys, values = self.full_keys, self.full_values
-        self._pack(
-            [keys[h, pos] for h, pos in enumerate(positions)],
-            [values[h, pos] for h, pos in enumerate(positions)],
+        hkv, n, d = keys.shape
+        heads, pos = _kept(rank, caps)
+        self._set_prompt(
+            keys.reshape(hkv * n, d),
+            values.reshape(hkv * n, d),
+            heads * n + pos,
+            heads,
+            pos,
+            rank[heads, pos],
+            reserve,
         )
-        self.positions = positions
         self.full_keys = self.full_values = None
-        hkv, _, d = keys.shape
-        self.tail_keys = keys.new_empty((hkv, max(reserve, 1), d))
-        self.tail_values = values.new_empty((hkv, max(reserve, 1), d))
+
+    def shrink(self, caps: torch.Tensor) -> None:
+        """Keep only the prompt rows whose rank is below their head's new cap (a subset of what is stored)."""
+        if self.tail_len:
+            raise RuntimeError("a layer can only shrink before decoding starts")
+        rows = (self.row_rank < caps.to(self.row_rank.device)[self.row_head]).nonzero().squeeze(1)
+        self._set_prompt(
+            self.prompt_keys,
+            self.prompt_values,
+            rows,
+            self.row_head[rows],
+            self.row_pos[rows],
+            self.row_rank[rows],
+            self.tail_capacity,
+        )
+
+    def _set_prompt(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        rows: torch.Tensor,
+        heads: torch.Tensor,
+        pos: torch.Tensor,
+        rank: torch.Tensor,
+        tail_capacity: int,
+    ) -> None:
+        """Copy ``keys[rows]``/``values[rows]`` into fresh buffers with room for ``tail_capacity`` steps."""
+        n, d = rows.shape[0], keys.shape[1]
+        hkv = self.num_kv_heads
+        tail_capacity = max(tail_capacity, 1)
+        new_keys = keys.new_empty((n + hkv * tail_capacity, d))
+        new_values = values.new_empty((n + hkv * tail_capacity, d))
+        torch.index_select(keys, 0, rows, out=new_keys[:n])
+        torch.index_select(values, 0, rows, out=new_values[:n])
+        self.keys, self.values = new_keys, new_values
+        self.num_prompt_rows = n
+        self.row_head, self.row_pos, self.row_rank = heads, pos, rank
+        self.head_lens = torch.bincount(heads.cpu(), minlength=hkv)
+        self.cu_seqlens = torch.nn.functional.pad(self.head_lens.cumsum(0), (1, 0)).to(
+            keys.device, torch.int32
+        )
         self.tail_len = 0
-
-    def shrink(self, positions: list[torch.Tensor]) -> None:
-        """Keep only ``positions[h]``, which must be a subset of what head ``h`` stores."""
-        key_parts, value_parts = [], []
-        start = 0
-        for old, new in zip(self.positions, positions):
-            rows = torch.searchsorted(old, new) + start
-            key_parts.append(self.keys[rows])
-            value_parts.append(self.values[rows])
-            start += old.numel()
-        self._pack(key_parts, value_parts)
-        self.positions = positions
-
-    def _pack(self, key_parts: list[torch.Tensor], value_parts: list[torch.Tensor]) -> None:
-        self.keys = torch.cat(key_parts, dim=0)
-        self.values = torch.cat(value_parts, dim=0)
-        lens = torch.tensor([p.shape[0] for p in key_parts], dtype=torch.long)
-        self.head_lens = lens
-        self.row_head = torch.repeat_interleave(torch.arange(len(key_parts)), lens).to(self.keys.device)
-        self.prefix_bias = None
-        self.cu_seqlens = torch.nn.functional.pad(lens.cumsum(0), (1, 0)).to(self.keys.device, torch.int32)
+        self.tail_capacity = tail_capacity
+        self._bias = None
 
     def _append(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Append ``q`` steps, ``keys``/``values`` of shape (Hkv, q, d); doubles the room when full."""
         q = keys.shape[1]
-        if self.tail_len + q > self.tail_keys.shape[1]:
-            grow = max(self.tail_keys.shape[1] * 2, self.tail_len + q)
-            self.tail_keys = _grow(self.tail_keys, grow, self.tail_len)
-            self.tail_values = _grow(self.tail_values, grow, self.tail_len)
-        self.tail_keys[:, self.tail_len : self.tail_len + q] = keys
-        self.tail_values[:, self.tail_len : self.tail_len + q] = values
+        if self.tail_len + q > self.tail_capacity:
+            self._grow(max(2 * self.tail_capacity, self.tail_len + q))
+        start = self.num_prompt_rows + self.num_kv_heads * self.tail_len
+        stop = start + self.num_kv_heads * q
+        self.keys[start:stop].view(q, self.num_kv_heads, -1).copy_(keys.transpose(0, 1))
+        self.values[start:stop].view(q, self.num_kv_heads, -1).copy_(values.transpose(0, 1))
         self.tail_len += q
+
+    def _grow(self, tail_capacity: int) -> None:
+        used = self.num_prompt_rows + self.num_kv_heads * self.tail_len
+        rows = self.num_prompt_rows + self.num_kv_heads * tail_capacity
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = old.new_empty((rows, old.shape[1]))
+            new[:used] = old[:used]
+            setattr(self, name, new)
+        self.tail_capacity = tail_capacity
+        self._bias = None
+
+    def _tail(self, buffer: torch.Tensor) -> torch.Tensor:
+        """(Hkv, T, d) view of the decode entries."""
+        start = self.num_prompt_rows
+        rows = buffer[start : start + self.num_kv_heads * self.tail_len]
+        return rows.view(self.tail_len, self.num_kv_heads, -1).transpose(0, 1)
+
+    def _row_layout(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """KV head and decode step (-1 for prompt rows) of every buffer row."""
+        hkv, cap, device = self.num_kv_heads, self.tail_capacity, self.keys.device
+        heads = torch.cat([self.row_head.to(device), torch.arange(hkv, device=device).repeat(cap)])
+        steps = torch.cat(
+            [
+                torch.full((self.num_prompt_rows,), -1, dtype=torch.long, device=device),
+                torch.arange(cap, device=device).repeat_interleave(hkv),
+            ]
+        )
+        return heads, steps
 
     # -- attention ----------------------------------------------------------------------------------------
     def attend(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -146,26 +227,35 @@ class CompressedLayer(CacheLayerMixin):
             out = full_prefill_attention(query, self.full_keys[None], self.full_values[None], scaling)
             self.parent.compress_layer(self.layer_idx, query[0], scaling)
             return out
-        tail_k = self.tail_keys[:, : self.tail_len]
-        tail_v = self.tail_values[:, : self.tail_len]
         q = query[0]
-        if query.shape[2] == 1 and flash_available(query.device):
+        hq, steps = q.shape[0], q.shape[1]
+        if steps == 1 and flash_available(query.device):
             out = flash_packed_attention(
-                q, self.keys, self.values, self.cu_seqlens, int(self.head_lens.max()), tail_k, tail_v, scaling
+                q,
+                self.prompt_keys,
+                self.prompt_values,
+                self.cu_seqlens,
+                int(self.head_lens.max()),
+                self._tail(self.keys),
+                self._tail(self.values),
+                scaling,
             )
+            return out.transpose(0, 1).unsqueeze(0)
+        used = self.num_prompt_rows + self.num_kv_heads * self.tail_len
+        if steps == 1:
+            if self._bias is None or self._bias.shape[0] != hq:
+                heads, row_steps = self._row_layout()
+                self._bias = decode_bias(
+                    heads, row_steps, hq, self.num_kv_heads, 1, self.tail_capacity, q.dtype
+                )
+            bias = self._bias[:, :used]
         else:
-            if self.prefix_bias is None:
-                self.prefix_bias = head_bias(self.row_head, q.shape[0], len(self.positions))
-            out = packed_attention(
-                q, self.keys, self.values, self.row_head, tail_k, tail_v, scaling, self.prefix_bias
+            heads, row_steps = self._row_layout()
+            bias = decode_bias(
+                heads[:used], row_steps[:used], hq, self.num_kv_heads, steps, self.tail_len, q.dtype
             )
+        out = packed_attention(q, self.keys[:used], self.values[:used], bias, scaling)
         return out.transpose(0, 1).unsqueeze(0)
-
-
-def _grow(buffer: torch.Tensor, size: int, used: int) -> torch.Tensor:
-    new = buffer.new_empty((buffer.shape[0], size, buffer.shape[2]))
-    new[:, :used] = buffer[:, :used]
-    return new
 
 
 class CompressedCache(Cache):
@@ -203,28 +293,28 @@ class CompressedCache(Cache):
         window = method.window
         self.prompt_len = n
         device = keys.device
+        hkv = keys.shape[0]
         if n <= method.budget:  # nothing to evict: keep the whole prompt
-            layer.store([torch.arange(n, device=device)] * keys.shape[0], self.reserve)
+            always = torch.full((hkv, n), -1, dtype=torch.long, device=device)
+            layer.store(always, torch.zeros(hkv, dtype=torch.long), self.reserve)
             return
         self.compressed = True
         prefix = n - window
         result = method.scorer(query[:, -window:], keys, layer.full_values, window, scaling)
         layer.scores = result.scores.float()
-        layer.order = torch.sort(layer.scores, dim=-1, descending=True, stable=True).indices
         self.stats.append(result.stat)
         budgets = method.layer_allocator.allocate(
             self.stats, [prefix] * len(self.stats), self.num_layers, method.budget - window
         )
         self.layer_budgets.append(budgets[-1])
-        window_pos = torch.arange(prefix, n, device=device)
         caps = method.head_allocator.caps(result.scores, budgets[-1], method.budget)
         layer.prefix_kept = caps
-        layer.store(_positions(layer.order, caps, window_pos), self.reserve)
+        layer.store(_ranks(layer.scores, window), caps, self.reserve)
         for j in range(layer_idx):  # earlier layers only ever shrink (online allocation)
             if budgets[j] < self.layer_budgets[j]:
-                self._shrink(j, budgets[j], window_pos)
+                self._shrink(j, budgets[j])
 
-    def _shrink(self, j: int, budget: int, window_pos: torch.Tensor) -> None:
+    def _shrink(self, j: int, budget: int) -> None:
         earlier = self.layers[j]
         caps = torch.minimum(
             self.method.head_allocator.caps(earlier.scores, budget, self.method.budget), earlier.prefix_kept
@@ -233,7 +323,7 @@ class CompressedCache(Cache):
         if torch.equal(caps, earlier.prefix_kept):
             return
         earlier.prefix_kept = caps
-        earlier.shrink(_positions(earlier.order, caps, window_pos))
+        earlier.shrink(caps)
 
     # -- reporting ----------------------------------------------------------------------------------------
     def kept_per_head(self) -> list[list[int]]:
@@ -244,6 +334,15 @@ class CompressedCache(Cache):
         """Bytes held by the stored prompt entries (keys and values), measured from the tensors."""
         total = 0
         for layer in self.layers:
+            for tensor in (layer.prompt_keys, layer.prompt_values):
+                if tensor is not None:
+                    total += tensor.numel() * tensor.element_size()
+        return total
+
+    def storage_bytes(self) -> int:
+        """Bytes of every key/value buffer: the prompt entries plus the room reserved for decoding."""
+        total = 0
+        for layer in self.layers:
             for tensor in (layer.keys, layer.values):
                 if tensor is not None:
                     total += tensor.untyped_storage().nbytes()
@@ -252,19 +351,31 @@ class CompressedCache(Cache):
     def report(self) -> dict[str, Any]:
         kept = self.kept_per_head()
         entries = sum(sum(h) for h in kept)
-        d = self.layers[0].keys.shape[-1] if self.layers[0].keys is not None else 0
-        itemsize = self.layers[0].keys.element_size() if self.layers[0].keys is not None else 0
+        first = self.layers[0].keys
+        d = first.shape[-1] if first is not None else 0
+        itemsize = first.element_size() if first is not None else 0
+        cache_bytes = self.prompt_bytes()
         return {
             "kept_per_head": kept,
             "kept_entries": entries,
-            "cache_bytes": self.prompt_bytes(),
+            "cache_bytes": cache_bytes,
+            "decode_reserve_bytes": self.storage_bytes() - cache_bytes,
             "entry_bytes": 2 * d * itemsize,
             "compressed": self.compressed,
         }
 
 
-def _positions(order: torch.Tensor, caps: torch.Tensor, window_pos: torch.Tensor) -> list[torch.Tensor]:
-    """Per head: the sorted positions of its top-``cap`` prefix entries, then the window."""
-    return [
-        torch.cat([torch.sort(order[h, : int(c)]).values, window_pos]) for h, c in enumerate(caps.tolist())
-    ]
+def _kept(rank: torch.Tensor, caps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(heads, positions) of the entries with ``rank[h, p] < caps[h]``, head-major and sorted by position."""
+    return (rank < caps[:, None].to(rank.device)).nonzero(as_tuple=True)
+
+
+def _ranks(scores: torch.Tensor, window: int) -> torch.Tensor:
+    """(Hkv, P + window) rank of each prompt position by descending score within its head (ties: lower
+    position first); -1 for the window, which is always kept."""
+    hkv, prefix = scores.shape
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    ranks = torch.full((hkv, prefix + window), -1, dtype=torch.long, device=scores.device)
+    steps = torch.arange(prefix, device=scores.device).expand(hkv, prefix)
+    ranks[:, :prefix].scatter_(1, order, steps)
+    return ranks

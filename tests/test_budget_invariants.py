@@ -119,6 +119,9 @@ def test_kept_entries_within_budget_for_every_prompt_length(tiny_model, name):
         assert report["entry_bytes"] == 2 * model.config.head_dim * 4  # K and V, fp32
         expected = kept * report["entry_bytes"]
         assert abs(report["cache_bytes"] - expected) <= 0.05 * expected, (n, report["cache_bytes"], expected)
+        # the buffers hold nothing else than those entries and the room reserved for 2 decode steps per head
+        assert cache.storage_bytes() == expected + layers * heads * 2 * report["entry_bytes"]
+        assert report["decode_reserve_bytes"] == layers * heads * 2 * report["entry_bytes"]
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)

@@ -1,9 +1,11 @@
 """Decode attention over per-head variable-length caches against a dense, padded and masked reference.
 
-``lava.attention.packed_attention`` scores all packed rows against all query heads in one matmul and
-masks the pairs of different KV heads; the reference below instead pads every KV head to the longest
-one, builds an explicit -inf mask (padding, and causality among the new tokens of the tail) and runs a
-plain softmax per query head, in float64.
+``lava.attention.packed_attention`` scores all stored rows (prompt head after head, then the decode
+steps token after token, as ``CompressedLayer`` lays them out) against all query heads in one SDPA call
+and masks the pairs of different KV heads and future steps (``decode_bias``); the reference below
+instead pads every KV head to the longest one, builds an explicit -inf mask (padding, and causality
+among the new tokens of the tail) and runs a plain softmax per query head, in float64. The last tests
+drive a real ``CompressedLayer`` (compression, appends past its reserve) against the same reference.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 import pytest
 import torch
 
-from lava.attention import packed_attention
+from lava.attention import decode_bias, packed_attention
 
 
 def dense_reference(query, head_keys, head_values, tail_keys, tail_values, scaling):
@@ -50,6 +52,31 @@ def pack(head_keys, head_values):
     return torch.cat(head_keys), torch.cat(head_values), row_head
 
 
+def cache_layout(head_keys, head_values, tail_keys, tail_values):
+    """Rows as CompressedLayer stores them: the prompt head after head, then step after step."""
+    keys, values, row_head = pack(head_keys, head_values)
+    hkv, t, d = tail_keys.shape
+    keys = torch.cat([keys, tail_keys.transpose(0, 1).reshape(t * hkv, d)])
+    values = torch.cat([values, tail_values.transpose(0, 1).reshape(t * hkv, d)])
+    row_head = torch.cat([row_head, torch.arange(hkv).repeat(t)])
+    row_step = torch.cat([torch.full((len(row_head) - t * hkv,), -1), torch.arange(t).repeat_interleave(hkv)])
+    return keys, values, row_head, row_step
+
+
+def attend(query, head_keys, head_values, tail_keys, tail_values, scaling):
+    dtype = query.dtype
+    keys, values, row_head, row_step = cache_layout(
+        [k.to(dtype) for k in head_keys],
+        [v.to(dtype) for v in head_values],
+        tail_keys.to(dtype),
+        tail_values.to(dtype),
+    )
+    hq, q, _ = query.shape
+    hkv, t, _ = tail_keys.shape
+    bias = decode_bias(row_head, row_step, hq, hkv, q, t)
+    return packed_attention(query, keys, values, bias, scaling)
+
+
 CASES = [
     # (Hq, Hkv, d, per-head packed lengths, tail length T, new tokens q, seed)
     (9, 3, 8, [1, 17, 5], 1, 1, 0),  # a head with a single entry
@@ -71,9 +98,7 @@ def test_packed_attention_matches_dense_masked_reference(hq, hkv, d, lens, t, q,
     tail_keys = torch.randn(hkv, t, d, generator=gen) * 2
     tail_values = torch.randn(hkv, t, d, generator=gen)
     query = torch.randn(hq, q, d, generator=gen)
-    keys, values, row_head = pack(head_keys, head_values)
-
-    out = packed_attention(query, keys, values, row_head, tail_keys, tail_values, scaling)
+    out = attend(query, head_keys, head_values, tail_keys, tail_values, scaling)
     ref = dense_reference(query, head_keys, head_values, tail_keys, tail_values, scaling)
     assert out.shape == (hq, q, d) and out.dtype == torch.float32
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
@@ -87,19 +112,17 @@ def test_packed_attention_ignores_other_heads_and_future_tokens():
     head_values = [torch.randn(n, d, generator=gen) for n in (6, 2)]
     tail_keys, tail_values = torch.randn(hkv, t, d, generator=gen), torch.randn(hkv, t, d, generator=gen)
     query = torch.randn(hq, q, d, generator=gen)
-    keys, values, row_head = pack(head_keys, head_values)
-    base = packed_attention(query, keys, values, row_head, tail_keys, tail_values, 0.3)
+    base = attend(query, head_keys, head_values, tail_keys, tail_values, 0.3)
 
     other = [head_keys[0], head_keys[1] * 5 + 1]
-    keys2, values2, _ = pack(other, [head_values[0], head_values[1] - 3])
-    out = packed_attention(query, keys2, values2, row_head, tail_keys, tail_values, 0.3)
+    out = attend(query, other, [head_values[0], head_values[1] - 3], tail_keys, tail_values, 0.3)
     torch.testing.assert_close(out[:2], base[:2], rtol=0, atol=1e-6)  # query heads of KV head 0
     assert not torch.allclose(out[2:], base[2:], atol=1e-3)
 
     future_k, future_v = tail_keys.clone(), tail_values.clone()
     future_k[:, -1] += 10  # the last tail entry is the last new token: only token q-1 sees it
     future_v[:, -1] -= 10
-    out = packed_attention(query, keys, values, row_head, future_k, future_v, 0.3)
+    out = attend(query, head_keys, head_values, future_k, future_v, 0.3)
     torch.testing.assert_close(out[:, : q - 1], base[:, : q - 1], rtol=0, atol=1e-6)
     assert not torch.allclose(out[:, q - 1], base[:, q - 1], atol=1e-3)
 
@@ -110,19 +133,60 @@ def test_packed_attention_keeps_half_precision_dtype():
     head_values = [torch.randn(n, 8, generator=gen) for n in (3, 9)]
     tail_keys, tail_values = torch.randn(2, 2, 8, generator=gen), torch.randn(2, 2, 8, generator=gen)
     query = torch.randn(4, 1, 8, generator=gen)
-    keys, values, row_head = pack(head_keys, head_values)
-    out = packed_attention(
-        query.bfloat16(),
-        keys.bfloat16(),
-        values.bfloat16(),
-        row_head,
-        tail_keys.bfloat16(),
-        tail_values.bfloat16(),
-        0.35,
-    )
+    out = attend(query.bfloat16(), head_keys, head_values, tail_keys.bfloat16(), tail_values.bfloat16(), 0.35)
     assert out.dtype == torch.bfloat16
     ref = dense_reference(query, head_keys, head_values, tail_keys, tail_values, 0.35)
     torch.testing.assert_close(out.double(), ref, rtol=0.05, atol=0.05)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A real CompressedLayer: compression, decode steps past the reserve (the buffer grows), a 3-token step
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("hq", "hkv"), [(9, 3), (4, 4), (6, 1)])
+@pytest.mark.parametrize("method_name", ["lava", "adakv", "snapkv"])
+def test_compressed_layer_decode_matches_dense_reference(method_name, hq, hkv):
+    from lava.allocation import EntropyLayerBudget, FlatHeadBudget, UniformHeadBudget, UniformLayerBudget
+    from lava.cache import CompressedCache
+    from lava.lava import LavaScorer
+    from lava.method import CompressionMethod
+    from lava.scorer import SnapKVScorer
+
+    parts = {
+        "lava": (LavaScorer(), EntropyLayerBudget(), FlatHeadBudget(0.2)),
+        "adakv": (SnapKVScorer(), UniformLayerBudget(), FlatHeadBudget(0.2)),
+        "snapkv": (SnapKVScorer(), UniformLayerBudget(), UniformHeadBudget()),
+    }[method_name]
+    n, d, budget, window = 70, 16, 20, 8
+    gen = torch.Generator().manual_seed(hq * 7 + hkv)
+    scaling = 1.0 / math.sqrt(d)
+    cache = CompressedCache(CompressionMethod(method_name, budget, window, *parts), num_layers=1, reserve=2)
+    layer = cache.layers[0]
+    k = torch.randn(1, hkv, n, d, generator=gen)
+    v = torch.randn(1, hkv, n, d, generator=gen)
+    layer.update(k, v)
+    layer.attend(torch.randn(1, hq, n, d, generator=gen), scaling)  # prefill: compresses the layer
+
+    kept = layer.positions
+    assert sum(len(p) for p in kept) <= hkv * budget
+    head_keys = [k[0, h, pos] for h, pos in enumerate(kept)]
+    head_values = [v[0, h, pos] for h, pos in enumerate(kept)]
+    torch.testing.assert_close(layer.prompt_keys, torch.cat(head_keys), rtol=0, atol=0)
+    tail_k = torch.zeros(hkv, 0, d)
+    tail_v = torch.zeros(hkv, 0, d)
+    for q in (1, 1, 1, 1, 1, 3, 1):  # reserve 2: the buffer grows twice
+        new_k = torch.randn(1, hkv, q, d, generator=gen)
+        new_v = torch.randn(1, hkv, q, d, generator=gen)
+        layer.update(new_k, new_v)
+        tail_k, tail_v = torch.cat([tail_k, new_k[0]], 1), torch.cat([tail_v, new_v[0]], 1)
+        query = torch.randn(1, hq, q, d, generator=gen)
+        out = layer.attend(query, scaling)  # (1, q, Hq, d)
+        ref = dense_reference(query[0], head_keys, head_values, tail_k, tail_v, scaling)
+        torch.testing.assert_close(out[0].transpose(0, 1).double(), ref, rtol=1e-5, atol=1e-5)
+    assert layer.tail_len == 9 and layer.tail_capacity >= 9 and layer.seq_len == n + 9
+    # the prompt rows never moved: still exactly the kept entries
+    torch.testing.assert_close(layer.prompt_values, torch.cat(head_values), rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -559,8 +559,8 @@ def test_cache_keeps_exactly_the_reference_positions(llama_refs, name, setting):
     for (_, keys, values), layer, heads in zip(layers, cache.layers, ref["kept"], strict=True):
         expect_k = torch.tensor([keys[h][j] for h, pos in enumerate(heads) for j in pos])
         expect_v = torch.tensor([values[h][j] for h, pos in enumerate(heads) for j in pos])
-        torch.testing.assert_close(layer.keys.double(), expect_k.double(), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(layer.values.double(), expect_v.double(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(layer.prompt_keys.double(), expect_k.double(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(layer.prompt_values.double(), expect_v.double(), rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -602,4 +602,4 @@ def test_online_lava_allocation_equals_one_shot(seed, floor_mode):
     assert [[p.tolist() for p in layer.positions] for layer in cache.layers] == ref["kept"]
     for (_, keys, _), layer, heads in zip(layers, cache.layers, ref["kept"], strict=True):
         expect = torch.tensor([keys[h][j] for h, pos in enumerate(heads) for j in pos])
-        torch.testing.assert_close(layer.keys.double(), expect.double(), rtol=0, atol=1e-6)
+        torch.testing.assert_close(layer.prompt_keys.double(), expect.double(), rtol=0, atol=1e-6)

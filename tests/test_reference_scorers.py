@@ -20,7 +20,7 @@ import torch
 
 from baselines.cake import CakeScorer, tau_for
 from baselines.streamingllm import SinkRecencyScorer
-from lava.cache import _positions
+from lava.cache import _kept, _ranks
 from lava.lava import LavaScorer
 from lava.scorer import SnapKVScorer
 from lava.scoring import window_attention
@@ -218,9 +218,9 @@ def make_inputs(case):
 
 def lib_kept(scores: torch.Tensor, caps: list[int], n: int, window: int) -> list[list[int]]:
     """What the cache stores for these scores and per-head caps (the code path of ``compress_layer``)."""
-    order = torch.sort(scores.float(), dim=-1, descending=True, stable=True).indices
-    window_pos = torch.arange(n - window, n)
-    return [p.tolist() for p in _positions(order, torch.tensor(caps), window_pos)]
+    heads, positions = _kept(_ranks(scores.float(), window), torch.tensor(caps))
+    assert n == scores.shape[1] + window
+    return [positions[heads == h].tolist() for h in range(scores.shape[0])]
 
 
 def assert_scores_and_kept(lib: torch.Tensor, ref: list, n: int, window: int) -> None:
