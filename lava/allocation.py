@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import torch
 
@@ -123,8 +124,14 @@ class PreferenceLayerBudget(ProportionalLayerBudget):
 
 
 class HeadAllocator:
-    def caps(self, scores: torch.Tensor, budget: int, base_budget: int) -> torch.Tensor:
-        """Per-head caps, shape (Hkv,), int64. ``base_budget`` is the config's B0 (window included)."""
+    def prepare(self, scores: torch.Tensor) -> Any:
+        """Work that depends on the scores only, reused by every later ``caps`` call on the same layer
+        (the online allocation recomputes a layer's caps each time its budget shrinks)."""
+        return None
+
+    def caps(self, scores: torch.Tensor, budget: int, base_budget: int, prepared: Any = None) -> torch.Tensor:
+        """Per-head caps, shape (Hkv,), int64. ``base_budget`` is the config's B0 (window included);
+        ``prepared`` is what :meth:`prepare` returned for these scores, or None."""
         raise NotImplementedError
 
 
@@ -132,7 +139,7 @@ class HeadAllocator:
 class UniformHeadBudget(HeadAllocator):
     """Every head of the layer keeps ``budget`` entries."""
 
-    def caps(self, scores, budget, base_budget) -> torch.Tensor:
+    def caps(self, scores, budget, base_budget, prepared=None) -> torch.Tensor:
         hkv, prefix = scores.shape
         return torch.full((hkv,), min(budget, prefix), dtype=torch.long)
 
@@ -157,13 +164,16 @@ class FlatHeadBudget(HeadAllocator):
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
 
-    def caps(self, scores, budget, base_budget) -> torch.Tensor:
+    def prepare(self, scores: torch.Tensor) -> torch.Tensor:
+        """Stable descending order of the layer's flattened scores: ties resolve to the lower index,
+        so smaller budgets select nested sets."""
+        return torch.sort(scores.reshape(-1).float(), descending=True, stable=True).indices
+
+    def caps(self, scores, budget, base_budget, prepared=None) -> torch.Tensor:
         hkv, prefix = scores.shape
         if budget >= prefix:
             return torch.full((hkv,), prefix, dtype=torch.long)
-        flat = scores.reshape(-1).float()
-        # Stable descending order: ties resolve to the lower index, so smaller budgets select nested sets.
-        order = torch.sort(flat, descending=True, stable=True).indices[: hkv * budget]
+        order = (prepared if prepared is not None else self.prepare(scores))[: hkv * budget]
         counts = torch.bincount(order // prefix, minlength=hkv).double()
         floor = int(self.alpha * (budget if self.floor == "exact" else base_budget))
         raw = counts * (1.0 - self.alpha) + floor

@@ -25,6 +25,10 @@ from lava.attention import (
     packed_attention,
 )
 
+# An earlier layer whose budget went down is repacked once this fraction of its rows can be freed (and
+# in any case after the last layer's compression): fewer copies, at most this much extra memory.
+SHRINK_SLACK = 0.25
+
 if TYPE_CHECKING:
     from lava.method import CompressionMethod
 
@@ -50,6 +54,7 @@ class CompressedLayer(CacheLayerMixin):
         self.full_keys: torch.Tensor | None = None  # (Hkv, n, d) between prefill and compression
         self.full_values: torch.Tensor | None = None
         self.scores: torch.Tensor | None = None  # (Hkv, P) scorer output, kept for later shrinking
+        self.prepared: Any = None  # the head allocator's precomputation on ``scores``
         self.prefix_kept: torch.Tensor | None = None  # (Hkv,) top-k size per head
         self.num_prompt_rows = 0
         self.row_head = torch.zeros(0, dtype=torch.long)  # (N,) KV head of each prompt row
@@ -307,23 +312,30 @@ class CompressedCache(Cache):
             self.stats, [prefix] * len(self.stats), self.num_layers, method.budget - window
         )
         self.layer_budgets.append(budgets[-1])
-        caps = method.head_allocator.caps(result.scores, budgets[-1], method.budget)
+        layer.prepared = method.head_allocator.prepare(layer.scores)
+        caps = method.head_allocator.caps(result.scores, budgets[-1], method.budget, layer.prepared)
         layer.prefix_kept = caps
         layer.store(_ranks(layer.scores, window), caps, self.reserve)
+        last = layer_idx == self.num_layers - 1
         for j in range(layer_idx):  # earlier layers only ever shrink (online allocation)
             if budgets[j] < self.layer_budgets[j]:
-                self._shrink(j, budgets[j])
+                self._lower_caps(j, budgets[j])
+            earlier = self.layers[j]
+            if earlier.prefix_kept is not None:
+                target = int(earlier.prefix_kept.sum()) + earlier.num_kv_heads * window
+                # Repack lazily: once a quarter of the rows can go, and for good after the last layer.
+                if earlier.num_prompt_rows - target > (0 if last else SHRINK_SLACK * earlier.num_prompt_rows):
+                    earlier.shrink(earlier.prefix_kept)
+        if last:
+            for other in self.layers:  # the scores are only needed while budgets can still move
+                other.scores = other.prepared = None
 
-    def _shrink(self, j: int, budget: int) -> None:
+    def _lower_caps(self, j: int, budget: int) -> None:
         earlier = self.layers[j]
-        caps = torch.minimum(
-            self.method.head_allocator.caps(earlier.scores, budget, self.method.budget), earlier.prefix_kept
-        )
+        head_allocator = self.method.head_allocator
+        caps = head_allocator.caps(earlier.scores, budget, self.method.budget, earlier.prepared)
         self.layer_budgets[j] = budget
-        if torch.equal(caps, earlier.prefix_kept):
-            return
-        earlier.prefix_kept = caps
-        earlier.shrink(caps)
+        earlier.prefix_kept = torch.minimum(caps, earlier.prefix_kept)
 
     # -- reporting ----------------------------------------------------------------------------------------
     def kept_per_head(self) -> list[list[int]]:
