@@ -53,11 +53,14 @@ ALL_METHODS = [
     "lava_head_only",
 ]
 REFERENCE = ("full", "sdpa")  # (method, attention implementation) every ratio is measured against
+# The physical limit of a budget: the full cache (sdpa) on the prompt's first `budget` tokens, i.e. a cache
+# of the same size with nothing to score, evict or mask. A compressing method cannot decode faster.
+CEILING = "full@budget"
 
 # Column documentation of perf.csv (also written to docs/perf.md).
 COLUMNS: dict[str, str] = {
     "length": "prompt tokens (Paul Graham essays, tokenized, cut to this length)",
-    "method": "method config name (configs/method/<method>.yaml); `full` = uncompressed DynamicCache",
+    "method": "method config name (configs/method/<method>.yaml); `full` = uncompressed DynamicCache; `full@budget` = uncompressed DynamicCache on the prompt's first `budget` tokens (the physical limit of that budget)",
     "attn": "attention implementation: `sdpa` (transformers' native) or `lava` (this library's)",
     "budget_spec": "budget as given on the command line (`128`, `10pct`); empty for full",
     "budget": "resolved budget B0 (entries per KV head per layer, window included); empty for full",
@@ -70,6 +73,7 @@ COLUMNS: dict[str, str] = {
     "decode_s": "median wall time of the decode steps (new_tokens - 1 forward passes; the first token comes from the prefill)",
     "decode_tok_s": "decode tokens per second: (new_tokens - 1) / decode_s",
     "decode_speedup": "decode_tok_s / reference decode_tok_s",
+    "decode_vs_ceiling": "decode_tok_s / decode_tok_s of full@budget (same length and budget): 1.0 = as fast as a cache that only ever held `budget` tokens per head",
     "cache_bytes": "bytes of the stored prompt keys and values (compressed: report()['cache_bytes']; full: DynamicCache key/value tensors over the prompt positions); decode tail excluded",
     "memory_ratio": "cache_bytes / reference cache_bytes",
     "kept_entries": "stored prompt entries summed over layers and KV heads (full: layers x kv_heads x length)",
@@ -206,6 +210,8 @@ class Runner:
 
         new_tokens = new_tokens or self.new_tokens
         model = self.model
+        if name == CEILING:
+            name, input_ids = "full", input_ids[:, :budget]
         method = self.method(name, budget)
         release_memory()
         compress_time = [0.0, 0.0]  # wall, process CPU
@@ -290,22 +296,23 @@ def _timed(fn: Callable, acc: list[float]) -> Callable:
 
 
 def configurations(
-    methods: list[str], budgets: list[str], length: int
+    methods: list[str], budgets: list[str], length: int, ceiling: bool = True
 ) -> list[tuple[str, str, str, int | None]]:
-    """(method, attn, budget_spec, budget) of one prompt length; the sdpa reference first."""
+    """(method, attn, budget_spec, budget) of one prompt length; the sdpa reference first.
+
+    With ``ceiling``, each budget shorter than the prompt also gets a ``full@budget`` run (the full
+    cache on the first ``budget`` tokens), when at least one compressing method runs.
+    """
     configs: list[tuple[str, str, str, int | None]] = [("full", "sdpa", "", None)]
     if "full" in methods:
         configs.append(("full", "lava", "", None))
-    for name in methods:
-        if name == "full":
-            continue
-        seen: set[int] = set()
-        for spec in budgets:
-            budget = resolve_budget(spec, length)
-            if budget in seen:  # e.g. 10pct of 1280 == 128
-                continue
-            seen.add(budget)
-            configs.append((name, "lava", spec, budget))
+    resolved: dict[int, str] = {}
+    for spec in budgets:
+        resolved.setdefault(resolve_budget(spec, length), spec)  # e.g. 10pct of 1280 == 128: once
+    compressing = [name for name in methods if name != "full"]
+    if ceiling and compressing:
+        configs += [(CEILING, "sdpa", spec, b) for b, spec in resolved.items() if b < length]
+    configs += [(name, "lava", spec, b) for name in compressing for b, spec in resolved.items()]
     return configs
 
 
@@ -330,6 +337,12 @@ def aggregate(raw: list[dict], threads: int, new_tokens: int) -> list[dict]:
             (i for i, (a, b) in enumerate(zip(tokens, ref_tokens, strict=False)) if a != b),
             min(len(tokens), len(ref_tokens)),
         )
+        ceiling_key = (length, CEILING, "sdpa", spec, budget)
+        vs_ceiling = (
+            m["decode_tok_s"] / med[ceiling_key]["decode_tok_s"]
+            if ceiling_key in med and name != CEILING
+            else float("nan")
+        )
         out.append(
             {
                 "length": length,
@@ -346,6 +359,7 @@ def aggregate(raw: list[dict], threads: int, new_tokens: int) -> list[dict]:
                 "decode_s": m["decode_s"],
                 "decode_tok_s": m["decode_tok_s"],
                 "decode_speedup": m["decode_tok_s"] / ref["decode_tok_s"],
+                "decode_vs_ceiling": vs_ceiling,
                 "cache_bytes": int(m["cache_bytes"]),
                 "memory_ratio": m["cache_bytes"] / ref["cache_bytes"],
                 "kept_entries": int(m["kept_entries"]),
@@ -436,7 +450,7 @@ def write_plot(table: Any, path: Path) -> None:
 def markdown_table(table: Any) -> str:
     header = [
         "length", "method", "attn", "budget", "prefill s", "compress s", "prefill ratio", "prefill CPU ratio",
-        "decode tok/s", "decode speedup", "decode CPU speedup", "cache MiB", "memory ratio", "kept",
+        "decode tok/s", "decode speedup", "decode CPU speedup", "vs ceiling", "cache MiB", "memory ratio", "kept",
         "RSS delta MiB", "match",
     ]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -449,7 +463,9 @@ def markdown_table(table: Any) -> str:
         cells = [
             str(r.length), r.method, r.attn, budget or "-", f"{r.prefill_s:.2f}", f"{r.compress_s:.3f}",
             f"{r.prefill_ratio:.3f}", f"{r.prefill_cpu_ratio:.3f}", f"{r.decode_tok_s:.2f}",
-            f"{r.decode_speedup:.2f}x", f"{r.decode_cpu_speedup:.2f}x", f"{r.cache_bytes / 2**20:.2f}",
+            f"{r.decode_speedup:.2f}x", f"{r.decode_cpu_speedup:.2f}x",
+            "-" if r.decode_vs_ceiling != r.decode_vs_ceiling else f"{r.decode_vs_ceiling:.2f}",
+            f"{r.cache_bytes / 2**20:.2f}",
             f"{r.memory_ratio:.3f}", str(r.kept_entries), f"{r.rss_delta_mb:.0f}",
             f"{r.tokens_match_full}/{r.new_tokens}",
         ]  # fmt: skip
@@ -521,6 +537,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up runs")
     p.add_argument(
+        "--no-ceiling",
+        action="store_true",
+        help=f"skip the {CEILING} runs (full cache on the first `budget` tokens: the decode-speed limit)",
+    )
+    p.add_argument(
         "--quick", action="store_true", help="smoke test: length 512, budget 128, 1 repeat, 8 new tokens"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -575,7 +596,10 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = load_model(model_cfg)
     runner = Runner(model, spec.name, args.new_tokens, args.rss_interval)
 
-    grid = {length: configurations(args.methods, args.budgets, length) for length in args.lengths}
+    grid = {
+        length: configurations(args.methods, args.budgets, length, not args.no_ceiling)
+        for length in args.lengths
+    }
     prompts = {length: torch.tensor([prompt_ids(tokenizer, length)]) for length in args.lengths}
 
     if not args.no_warmup:  # first calls of each code path (allocator, kernels, lazy imports) are untimed
@@ -608,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
 
     table = pd.DataFrame(aggregate(raw, args.threads, args.new_tokens))
-    order_key = {m: i for i, m in enumerate(ALL_METHODS)}
+    order_key = {m: i for i, m in enumerate([ALL_METHODS[0], CEILING, *ALL_METHODS[1:]])}
     table["_o"] = table["method"].map(order_key) + (table["attn"] == "lava") * 0.5
     table = table.sort_values(["length", "budget_spec", "_o"], key=_budget_sort).drop(columns="_o")
     table = table[list(COLUMNS)]
