@@ -513,7 +513,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"methods to run (default: all): {' '.join(ALL_METHODS)}; full/sdpa always runs as the reference",
     )
     p.add_argument(
-        "--lengths", nargs="+", type=int, default=[1024, 4096, 8192], help="prompt lengths in tokens"
+        "--lengths",
+        nargs="+",
+        type=int,
+        default=[1024, 4096, 8160],
+        help="prompt lengths in tokens (8160 + 32 new tokens = SmolLM2's 8192-token context)",
     )
     p.add_argument(
         "--budgets",
