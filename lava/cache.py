@@ -103,9 +103,9 @@ class CompressedLayer(CacheLayerMixin):
 
     # -- storage ------------------------------------------------------------------------------------------
     @property
-    def num_entries(self) -> int:
-        """Stored prompt entries (all heads), tail excluded."""
-        return self.num_prompt_rows
+    def used_rows(self) -> int:
+        """Rows of the buffers in use: the prompt entries and the decode steps stored so far."""
+        return self.num_prompt_rows + self.num_kv_heads * self.tail_len
 
     @property
     def prompt_keys(self) -> torch.Tensor | None:
@@ -190,14 +190,14 @@ class CompressedLayer(CacheLayerMixin):
         q = keys.shape[1]
         if self.tail_len + q > self.tail_capacity:
             self._grow(max(2 * self.tail_capacity, self.tail_len + q))
-        start = self.num_prompt_rows + self.num_kv_heads * self.tail_len
+        start = self.used_rows
         stop = start + self.num_kv_heads * q
         self.keys[start:stop].view(q, self.num_kv_heads, -1).copy_(keys.transpose(0, 1))
         self.values[start:stop].view(q, self.num_kv_heads, -1).copy_(values.transpose(0, 1))
         self.tail_len += q
 
     def _grow(self, tail_capacity: int) -> None:
-        used = self.num_prompt_rows + self.num_kv_heads * self.tail_len
+        used = self.used_rows
         rows = self.num_prompt_rows + self.num_kv_heads * tail_capacity
         for name in ("keys", "values"):
             old = getattr(self, name)
@@ -246,7 +246,7 @@ class CompressedLayer(CacheLayerMixin):
                 scaling,
             )
             return out.transpose(0, 1).unsqueeze(0)
-        used = self.num_prompt_rows + self.num_kv_heads * self.tail_len
+        used = self.used_rows
         if steps == 1:
             if self._bias is None or self._bias.shape[0] != hq:
                 heads, row_steps = self._row_layout()
@@ -321,11 +321,10 @@ class CompressedCache(Cache):
             if budgets[j] < self.layer_budgets[j]:
                 self._lower_caps(j, budgets[j])
             earlier = self.layers[j]
-            if earlier.prefix_kept is not None:
-                target = int(earlier.prefix_kept.sum()) + earlier.num_kv_heads * window
-                # Repack lazily: once a quarter of the rows can go, and for good after the last layer.
-                if earlier.num_prompt_rows - target > (0 if last else SHRINK_SLACK * earlier.num_prompt_rows):
-                    earlier.shrink(earlier.prefix_kept)
+            surplus = earlier.num_prompt_rows - int(earlier.prefix_kept.sum()) - earlier.num_kv_heads * window
+            # Repack lazily: once a quarter of the rows can go, and for good after the last layer.
+            if surplus > (0 if last else SHRINK_SLACK * earlier.num_prompt_rows):
+                earlier.shrink(earlier.prefix_kept)
         if last:
             for other in self.layers:  # the scores are only needed while budgets can still move
                 other.scores = other.prepared = None

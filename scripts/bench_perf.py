@@ -448,29 +448,31 @@ def write_plot(table: Any, path: Path) -> None:
 
 
 def markdown_table(table: Any) -> str:
-    header = [
-        "length", "method", "attn", "budget", "prefill s", "compress s", "prefill ratio", "prefill CPU ratio",
-        "decode tok/s", "decode speedup", "decode CPU speedup", "vs ceiling", "cache MiB", "memory ratio", "kept",
-        "RSS delta MiB", "match",
-    ]  # fmt: skip
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    import pandas as pd
+
+    from eval.tables import markdown_table as to_markdown
+
+    rows = []
     for r in table.itertuples(index=False):
         budget = (
             f"{r.budget} ({r.budget_spec})"
             if r.budget_spec and not r.budget_spec.isdigit()
             else str(r.budget)
         )
-        cells = [
-            str(r.length), r.method, r.attn, budget or "-", f"{r.prefill_s:.2f}", f"{r.compress_s:.3f}",
-            f"{r.prefill_ratio:.3f}", f"{r.prefill_cpu_ratio:.3f}", f"{r.decode_tok_s:.2f}",
-            f"{r.decode_speedup:.2f}x", f"{r.decode_cpu_speedup:.2f}x",
-            "-" if r.decode_vs_ceiling != r.decode_vs_ceiling else f"{r.decode_vs_ceiling:.2f}",
-            f"{r.cache_bytes / 2**20:.2f}",
-            f"{r.memory_ratio:.3f}", str(r.kept_entries), f"{r.rss_delta_mb:.0f}",
-            f"{r.tokens_match_full}/{r.new_tokens}",
-        ]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(
+            {
+                "length": str(r.length), "method": r.method, "attn": r.attn, "budget": budget or "-",
+                "prefill s": f"{r.prefill_s:.2f}", "compress s": f"{r.compress_s:.3f}",
+                "prefill ratio": f"{r.prefill_ratio:.3f}", "prefill CPU ratio": f"{r.prefill_cpu_ratio:.3f}",
+                "decode tok/s": f"{r.decode_tok_s:.2f}", "decode speedup": f"{r.decode_speedup:.2f}x",
+                "decode CPU speedup": f"{r.decode_cpu_speedup:.2f}x",
+                "vs ceiling": "-" if r.decode_vs_ceiling != r.decode_vs_ceiling else f"{r.decode_vs_ceiling:.2f}",
+                "cache MiB": f"{r.cache_bytes / 2**20:.2f}", "memory ratio": f"{r.memory_ratio:.3f}",
+                "kept": str(r.kept_entries), "RSS delta MiB": f"{r.rss_delta_mb:.0f}",
+                "match": f"{r.tokens_match_full}/{r.new_tokens}",
+            }
+        )  # fmt: skip
+    return to_markdown(pd.DataFrame(rows), index=False).rstrip("\n")
 
 
 def write_readme(table: Any, path: Path, meta: dict[str, Any]) -> None:
