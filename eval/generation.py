@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from lava.compat import cache_kwargs
+
 
 @dataclass
 class Generation:
@@ -72,7 +74,7 @@ def greedy_generate(
 
     _sync(device)
     t0 = time.perf_counter()
-    logits = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1).logits
+    logits = model(input_ids=input_ids, **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1).logits
     _sync(device)
     t1 = time.perf_counter()
     for step in range(max_new_tokens):
@@ -87,7 +89,7 @@ def greedy_generate(
         if step + 1 == max_new_tokens:
             break
         step_ids = torch.tensor([[token]], device=device)
-        logits = model(input_ids=step_ids, cache=cache, use_cache=True).logits
+        logits = model(input_ids=step_ids, **cache_kwargs(model, cache), use_cache=True).logits
     _sync(device)
     t2 = time.perf_counter()
     return Generation(new, reason, t1 - t0, t2 - t1)
