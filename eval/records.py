@@ -60,9 +60,7 @@ def load_records(path: Path, *, repair: bool = True) -> tuple[list[dict[str, Any
         seen.add(record["id"])
         records.append(record)
     if repair and bytes(repaired) != data:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(bytes(repaired))
-        os.replace(tmp, path)
+        write_bytes_atomic(path, bytes(repaired))
     return records, notes
 
 
@@ -89,8 +87,21 @@ class RecordWriter:
         self.close()
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename, so readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename, so readers never see half a file.
+
+    The temporary name carries the process id: two processes writing the same file never share it.
+    """
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically (:func:`write_bytes_atomic`)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` atomically (:func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")

@@ -4,7 +4,7 @@ Fitting a 128k prompt costs one to three tokenizations of half a megabyte of tex
 (about a second each on one core), and the runner rebuilds every sample on each resume. Examples
 are stored per task under ``cache_root()/infinitebench/synthetic/`` in a file named by a hash of
 everything they depend on: task, sample count, token budget, seed, generator version and the
-tokenizer's vocabulary.
+tokenizer's definition (:func:`eval.sample_cache.tokenizer_fingerprint`).
 """
 
 from __future__ import annotations
@@ -12,25 +12,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 from eval.benchmarks.infinitebench.tasks import Example
+from eval.sample_cache import read_jsonl, tokenizer_fingerprint, write_jsonl
 from lava.models import cache_root
+
+__all__ = ["cache_path", "cached_examples", "tokenizer_fingerprint"]
 
 # Bump when a generator changes what it produces for the same arguments.
 GENERATOR_VERSION = 1
 # Below this budget generating is faster than reading a file: nothing is cached.
 CACHE_MIN_TOKENS = 16384
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """Class name and a hash of the vocabulary: two tokenizers with equal fingerprints fit alike."""
-    vocab = sorted(tokenizer.get_vocab().items())
-    digest = hashlib.sha1(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
-    return f"{type(tokenizer).__name__}-{digest}"
 
 
 def cache_path(task: str, num_samples: int, budget: int, seed: int, fingerprint: str) -> Path:
@@ -41,14 +35,9 @@ def cache_path(task: str, num_samples: int, budget: int, seed: int, fingerprint:
 
 def cached_examples(path: Path, build: Callable[[], Iterable[Example]]) -> list[Example]:
     """Examples read from ``path``, or built, written there (atomically) and returned."""
-    if path.is_file():
-        with open(path, encoding="utf-8") as fin:
-            return [Example(**json.loads(line)) for line in fin if line.strip()]
+    rows = read_jsonl(path)
+    if rows:
+        return [Example(**row) for row in rows]
     examples = list(build())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fout:
-        for example in examples:
-            fout.write(json.dumps(dataclasses.asdict(example), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)  # a killed run never leaves a half-written cache file behind
+    write_jsonl(path, [dataclasses.asdict(example) for example in examples])
     return examples
