@@ -1,0 +1,148 @@
+"""The GPU check runs on a CPU at tiny sizes (``--device cpu --small``), so it cannot rot between GPU sessions.
+
+Its checks are themselves tested: the kept-set comparison against hand-made differences, the
+attention check against a deliberately wrong path, the time budget against a budget nothing fits.
+"""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import gpu_check  # noqa: E402
+
+from eval.gpu_check import attention_paths  # noqa: E402
+from eval.gpu_check.kept import compare_kept  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu")
+    assert gpu_check.main(["--device", "cpu", "--small", "--out", str(out), "--time-budget", "300"]) == 0
+    return out, json.loads((out / "gpu_check.json").read_text())
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_small_run_writes_every_file(small_run):
+    out, results = small_run
+    names = {p.name for p in out.iterdir()}
+    assert names == {
+        "token_identity.csv",
+        "kept_entries.csv",
+        "attention.csv",
+        "perf.csv",
+        "gpu_check.json",
+        "summary.md",
+    }
+    assert results["errors"] == [] and results["skipped"] == []
+    summary = (out / "summary.md").read_text()
+    assert summary.count("**PASS**") == 3
+
+
+def test_every_method_token_identical_in_fp32_and_passes_in_bf16(small_run):
+    out, _ = small_run
+    rows = read_csv(out / "token_identity.csv")
+    methods = sorted(p.stem for p in (ROOT / "configs" / "method").glob("*.yaml") if p.stem != "full")
+    assert sorted({r["method"] for r in rows}) == methods
+    assert {r["dtype"] for r in rows} == {"float32", "bfloat16"}
+    for r in rows:
+        assert r["compressed"] == "False"  # budget = prompt: nothing evicted
+        assert r["passed"] == "True"
+        assert len(r["tokens"].split()) == int(r["new_tokens"])
+        if r["dtype"] == "float32":
+            assert r["identical"] == "True" and r["tokens"] == r["ref_tokens"]
+
+
+def test_kept_entries_cpu_replay_identical(small_run):
+    out, _ = small_run
+    rows = read_csv(out / "kept_entries.csv")
+    assert rows
+    for r in rows:
+        assert int(r["budget"]) < int(r["prompt_tokens"])
+        assert r["identical"] == "True" and int(r["kept_cpu"]) == int(r["kept_device"])
+        # tiny model: 3 layers x 2 KV heads; no method stores more than layers x heads x budget
+        assert int(r["heads"]) == 6 and int(r["kept_cpu"]) <= 6 * int(r["budget"])
+
+
+def test_attention_paths_within_tolerance(small_run):
+    out, _ = small_run
+    rows = read_csv(out / "attention.csv")
+    ran = [r for r in rows if r["ran"] == "True"]
+    assert {r["path"] for r in ran} == {"masked-matmul", "sdpa-padded"}  # flash/torch varlen need CUDA
+    for r in ran:
+        limit = 1e-5 if r["dtype"] == "float32" else 2e-2
+        assert float(r["max_abs_err"]) <= limit and r["passed"] == "True"
+    assert all(r["note"] for r in rows if r["ran"] == "False")  # each path that did not run says why
+
+
+def test_perf_grid_and_ratios(small_run):
+    out, results = small_run
+    rows = read_csv(out / "perf.csv")
+    got = [(r["method"], r["budget"]) for r in rows]
+    budgets = gpu_check.SMALL_SIZES["perf_budgets"]
+    methods = ["full@budget", "snapkv", "pyramidkv", "adakv", "cake", "lava"]
+    assert got == [("full", "")] + [(m, str(b)) for b in budgets for m in methods]
+    full = rows[0]
+    assert float(full["kv_ratio"]) == 1.0 and float(full["decode_speedup"]) == 1.0
+    prompt = results["meta"]["sizes"]["perf_prompt"]
+    # full cache: 3 layers x 2 KV heads x prompt x (key + value) x 16 dims x 4 bytes (fp32)
+    assert int(full["kv_bytes"]) == 3 * 2 * prompt * 2 * 16 * 4
+    for r in rows[1:]:
+        b = int(r["budget"])
+        assert int(r["kept_entries"]) <= 3 * 2 * b
+        assert float(r["kv_ratio"]) == pytest.approx(int(r["kv_bytes"]) / int(full["kv_bytes"]))
+        assert int(r["budget_kv_bytes"]) == 3 * 2 * b * 2 * 16 * 4
+        assert r["finite"] == "True" and float(r["decode_tok_s"]) > 0
+        if r["method"] == "full@budget":
+            assert float(r["decode_vs_ceiling"]) == 1.0 and int(r["prompt_tokens"]) == b
+
+
+def test_compare_kept_against_hand_made_differences():
+    scores = [torch.tensor([[5.0, 1.0, 3.0, 3.0, 0.5]])]  # one layer, one head, 5 evictable positions
+    cpu = [[torch.tensor([0, 2, 5, 6])]]  # keeps 0 and 2 (score 5 and 3) plus window positions 5, 6
+    tie = [[torch.tensor([0, 3, 5, 6])]]  # 3 instead of 2: equal scores
+    wrong = [[torch.tensor([0, 1, 5, 6])]]  # 1 instead of 2: score 1 vs cutoff 3
+    assert compare_kept(cpu, cpu, scores) == {
+        "heads": 1, "identical_heads": 1, "diff_entries": 0, "count_diff": 0, "max_score_gap": 0.0
+    }  # fmt: skip
+    assert compare_kept(cpu, tie, scores)["max_score_gap"] == 0.0
+    result = compare_kept(cpu, wrong, scores)
+    assert result["diff_entries"] == 2 and result["max_score_gap"] == pytest.approx(2 / 3)
+    window_differs = [[torch.tensor([0, 2, 5])]]
+    assert compare_kept(cpu, window_differs, scores)["max_score_gap"] == float("inf")
+
+
+def test_attention_check_catches_a_wrong_path(monkeypatch):
+    def off_by_a_bit(case):
+        right = attention_paths.masked_matmul(case)
+        return lambda: right() * 1.001
+
+    monkeypatch.setattr(attention_paths, "available_paths", lambda device: {"wrong": off_by_a_bit})
+    rows = attention_paths.check_paths([("t", 4, 2, 8, 16, 2)], "cpu", [torch.float32], iters=1)
+    assert rows[0]["ran"] and rows[0]["passed"] is False and rows[0]["max_abs_err"] > 1e-5
+
+
+def test_reference_is_plain_attention():
+    case = attention_paths.make_case("t", 2, 1, 4, 3, 1, torch.float32, "cpu")
+    # one KV head: every row belongs to it, so the reference is softmax(q K^T s) V over all rows
+    q, k, v = case.query.double(), case.keys.double(), case.values.double()
+    expected = torch.softmax(q[:, 0] @ k.T * case.scale, dim=-1) @ v
+    assert torch.allclose(attention_paths.reference(case)[:, 0], expected)
+
+
+def test_time_budget_skips_and_reports(tmp_path):
+    assert gpu_check.main(["--device", "cpu", "--small", "--out", str(tmp_path), "--time-budget", "0.5",
+                           "--phases", "attention", "perf"]) == 0  # fmt: skip
+    results = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert [s["what"] for s in results["skipped"]][:1] == ["decode attention paths"]
+    assert "perf" not in results and "Skipped (time budget)" in (tmp_path / "summary.md").read_text()
