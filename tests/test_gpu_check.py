@@ -146,3 +146,38 @@ def test_time_budget_skips_and_reports(tmp_path):
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     assert [s["what"] for s in results["skipped"]][:1] == ["decode attention paths"]
     assert "perf" not in results and "Skipped (time budget)" in (tmp_path / "summary.md").read_text()
+
+
+def loop_varlen_attn(
+    query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, enable_gqa=False, **_
+):
+    """varlen_attn by its documented meaning: sequence i = query rows cu_q[i]:cu_q[i+1] over key rows
+    cu_k[i]:cu_k[i+1], query head h reading KV head h // (Hq / Hkv); non-causal here (one query each)."""
+    out = torch.empty_like(query, dtype=torch.float64)
+    group = query.shape[1] // key.shape[1]
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    for i in range(len(cu_seq_q) - 1):
+        qs, ks = slice(cu_seq_q[i], cu_seq_q[i + 1]), slice(cu_seq_k[i], cu_seq_k[i + 1])
+        for h in range(query.shape[1]):
+            logits = query[qs, h].double() @ key[ks, h // group].double().T * scale
+            out[qs, h] = torch.softmax(logits, dim=-1) @ value[ks, h // group].double()
+    return out.to(query.dtype)
+
+
+def old_varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False):
+    """The API's first form: no ``scale`` (always d ** -0.5), no ``enable_gqa`` (equal head counts)."""
+    assert query.shape[1] == key.shape[1]
+    return loop_varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k)
+
+
+@pytest.mark.parametrize("kernel", [loop_varlen_attn, old_varlen_attn])
+def test_torch_varlen_layout_against_a_loop_kernel(monkeypatch, kernel):
+    """The gather into one sequence per KV head is right; on a GPU only the kernel itself is new."""
+    import torch.nn.attention.varlen as varlen
+
+    monkeypatch.setattr(varlen, "varlen_attn", kernel)
+    for hq, hkv in [(4, 2), (6, 2), (3, 3)]:
+        case = attention_paths.make_case("t", hq, hkv, 8, 12, 3, torch.float32, "cpu", seed=hq)
+        case.scale = 0.3  # not the default d ** -0.5, so a dropped scale shows
+        out = attention_paths.torch_varlen(case)()
+        assert torch.allclose(out.double(), attention_paths.reference(case), atol=1e-6)

@@ -131,21 +131,37 @@ def _per_head_order(case: Case) -> torch.Tensor:
 
 
 def torch_varlen(case: Case) -> Callable[[], torch.Tensor]:
+    """``varlen_attn`` with one sequence per KV head whose single query token carries the group's heads.
+
+    Older releases of the (experimental) API take neither ``scale`` nor ``enable_gqa``: the query is
+    then pre-scaled and the KV head expanded to the group.
+    """
+    import inspect
+
     from torch.nn.attention.varlen import varlen_attn
 
     hq, _, d = case.query.shape
     hkv = case.num_kv_heads
+    group = hq // hkv
+    params = inspect.signature(varlen_attn).parameters
     order = _per_head_order(case)
     keys = case.keys[order].unsqueeze(1)  # (L, 1, d): one KV head per sequence
     values = case.values[order].unsqueeze(1)
+    kwargs = {}
+    if "enable_gqa" in params:
+        kwargs["enable_gqa"] = True
+    else:
+        keys, values = keys.expand(-1, group, -1).contiguous(), values.expand(-1, group, -1).contiguous()
+    query = case.query.reshape(hkv, group, d)  # each sequence: one token carrying its group's heads
+    if "scale" in params:
+        kwargs["scale"] = case.scale
+    else:  # the kernel's default scale is d ** -0.5
+        query = query * (case.scale / d**-0.5)
     lens = case.head_lens + case.tail
     cu_k = F.pad(lens.cumsum(0), (1, 0)).to(torch.int32)
     cu_q = torch.arange(hkv + 1, device=keys.device, dtype=torch.int32)
-    query = case.query.reshape(hkv, hq // hkv, d)  # each sequence: one token carrying its group's heads
     max_k = int(lens.max())
-    return lambda: varlen_attn(
-        query, keys, values, cu_q, cu_k, 1, max_k, scale=case.scale, enable_gqa=True
-    ).reshape(hq, 1, d)
+    return lambda: varlen_attn(query, keys, values, cu_q, cu_k, 1, max_k, **kwargs).reshape(hq, 1, d)
 
 
 def sdpa_padded(case: Case) -> Callable[[], torch.Tensor]:
