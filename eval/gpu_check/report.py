@@ -97,7 +97,11 @@ def summary(results: dict) -> str:
     if tok:
         lines += [md_table(tok, {"dtype": "dtype", "method": "method", "decode path": "decode_path",
                                  "identical": "identical", "first divergence": "first_divergence",
-                                 "ref margin": lambda r: _f(r["ref_margin"], ".3g"), "passed": "passed"}), ""]  # fmt: skip
+                                 "ref margin": lambda r: _f(r["ref_margin"], ".3g"),
+                                 "logit err / std": lambda r: _f(r["logit_err"], ".2e"),
+                                 "eager vs sdpa": lambda r: _f(r["noise_floor"], ".2e"),
+                                 "tol": lambda r: _f(r["logit_tol"], ".2e"),
+                                 "passed": "passed"}), ""]  # fmt: skip
     kept = results.get("kept_entries", [])
     if kept:
         lines += [md_table(kept, {"method": "method", "budget": "budget", "heads identical":
