@@ -217,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         phase("attention", "decode attention paths", lambda: results.__setitem__("attention", check_paths(
               sizes["attention_shapes"], device, [torch.float32, torch.bfloat16], sizes["attention_iters"])))  # fmt: skip
     if "perf" in args.phases:
+        t0 = time.perf_counter()
         run_perf(args, sizes, estimate, device, clock, results, save)
+        results["meta"].setdefault("phase_s", {})["perf"] = round(time.perf_counter() - t0, 2)
     save()
     print(report.summary(results))
     print(f"[gpu-check] wrote {out} in {clock.elapsed():.1f} s", flush=True)
@@ -231,6 +233,7 @@ def run_perf(args, sizes: dict, estimate: dict, device: str, clock, results: dic
     from eval.gpu_check.methods import PERF_METHODS
     from eval.gpu_check.models import LLAMA_8B, TINY, random_llama
     from eval.gpu_check.perf import CEILING, FULL, activation_bytes, add_ratios, run_generation
+    from eval.gpu_check.tokens import decode_path
 
     if not clock.fits("speed model (random-weight Llama-3.1-8B shape)", estimate["perf_model"]):
         return
@@ -253,6 +256,7 @@ def run_perf(args, sizes: dict, estimate: dict, device: str, clock, results: dic
         "decode_steps": steps,
         "weights_bytes": weights,
         "activation_bytes": float("nan"),
+        "decode_path": decode_path(dev),
     }
     results["perf_meta"] = meta
     if clock.fits("uncached prefill (activations; warms the prompt length)", estimate["activations"]):

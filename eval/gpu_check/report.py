@@ -118,7 +118,8 @@ def summary(results: dict) -> str:
         extra = results.get("perf_meta", {})
         lines += ["## Speed and memory", ""]
         lines += [
-            f"Prompt {extra.get('prompt_tokens')} tokens, {extra.get('decode_steps')} decode steps, "
+            f"Prompt {extra.get('prompt_tokens')} tokens, {extra.get('decode_steps')} decode steps "
+            f"(decode attention inside the model: {extra.get('decode_path')}), "
             f"weights {_f(extra.get('weights_bytes', NAN) / GIB, '.2f')} GiB, uncached prefill activations "
             f"{_f(extra.get('activation_bytes', NAN) / GIB, '.2f')} GiB (memory: `torch.cuda.max_memory_allocated`; "
             "'-' off CUDA). Ratios are against `full` in this run.",

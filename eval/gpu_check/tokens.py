@@ -142,9 +142,7 @@ def token_identity(
                     "logit_err": logit_err,
                     "noise_floor": noise,
                     "logit_tol": logit_tol,
-                    "passed": (first is None or near_tie)
-                    and not compressed
-                    and logit_err <= logit_tol,
+                    "passed": (first is None or near_tie) and not compressed and logit_err <= logit_tol,
                     "ref_tokens": " ".join(map(str, ref)),
                     "tokens": " ".join(map(str, out)),
                 }
