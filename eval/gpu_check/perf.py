@@ -171,5 +171,6 @@ def add_ratios(rows: list[dict], weights: int, activations: int, config: Any, dt
         if r["budget"] != "":
             budget_bytes = budget_kv_bytes(config, int(r["budget"]), dtype)
             r["budget_kv_bytes"] = budget_bytes
+            r["peak_vs_budget"] = above / budget_bytes
             r["decode_mem_vs_budget"] = r["decode_above_weights_bytes"] / budget_bytes
             r["peak_minus_activations_vs_budget"] = (above - activations) / budget_bytes

@@ -140,8 +140,9 @@ def summary(results: dict) -> str:
         for r in acceptance(perf, top) if top else []:
             lines.append(
                 f"- {r['method']} @ {top}: decode {_f(r.get('decode_vs_ceiling'), '.2f')} x full@budget "
-                f"(target >= 0.9), {_f(r.get('decode_speedup'), '.2f')} x full; memory above weights during "
-                f"decode {_f(r.get('decode_mem_vs_budget'), '.2f')} x the budget's KV bytes, peak minus prefill "
+                f"(target >= 0.9), {_f(r.get('decode_speedup'), '.2f')} x full; peak memory above weights "
+                f"{_f(r.get('peak_vs_budget'), '.2f')} x the budget's KV bytes, during "
+                f"decode {_f(r.get('decode_mem_vs_budget'), '.2f')} x, peak minus the prefill's own "
                 f"activations {_f(r.get('peak_minus_activations_vs_budget'), '.2f')} x (target <= 1.1)"
             )
         lines.append("")
