@@ -181,3 +181,28 @@ def test_torch_varlen_layout_against_a_loop_kernel(monkeypatch, kernel):
         case.scale = 0.3  # not the default d ** -0.5, so a dropped scale shows
         out = attention_paths.torch_varlen(case)()
         assert torch.allclose(out.double(), attention_paths.reference(case), atol=1e-6)
+
+
+def test_token_identity_fails_a_cache_that_attends_wrongly(monkeypatch):
+    """A cache whose stored values are 20 % off must fail the check (logits far above the noise floor)."""
+    from transformers import DynamicCache
+
+    from eval.gpu_check import tokens
+    from eval.gpu_check.models import TINY, random_llama
+
+    class SkewedCache(DynamicCache):
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            return super().update(key_states, value_states * 1.2, layer_idx, *args, **kwargs)
+
+        def report(self):
+            return {"compressed": False}
+
+    class SkewedMethod:
+        def make_cache(self, model, max_new_tokens):
+            return SkewedCache(config=model.config)
+
+    monkeypatch.setattr(tokens, "make_method", lambda *args: SkewedMethod())
+    model = random_llama(TINY, torch.float32, "cpu")
+    ids = torch.randint(0, TINY["vocab_size"], (1, 40), generator=torch.Generator().manual_seed(0))
+    (row,) = tokens.token_identity(model, "tiny", ids, ["skewed"], "cpu", [torch.float32], 6)
+    assert row["passed"] is False and row["logit_err"] > 100 * row["logit_tol"]
