@@ -148,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     if device not in ("cuda", "cpu"):
         print(f"error: --device {device} is not supported; use cuda or cpu", file=sys.stderr)
         return 2
+    if device == "cpu" and not args.small and "perf" in args.phases:
+        print("error: the speed phase builds an 8B model (16 GB); on a CPU add --small, or leave perf out of "
+              "--phases", file=sys.stderr)  # fmt: skip
+        return 2
     # fp32 checks must be fp32: no TF32 in matmuls (PyTorch's default, made explicit).
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

@@ -206,3 +206,8 @@ def test_token_identity_fails_a_cache_that_attends_wrongly(monkeypatch):
     ids = torch.randint(0, TINY["vocab_size"], (1, 40), generator=torch.Generator().manual_seed(0))
     (row,) = tokens.token_identity(model, "tiny", ids, ["skewed"], "cpu", [torch.float32], 6)
     assert row["passed"] is False and row["logit_err"] > 100 * row["logit_tol"]
+
+
+def test_full_speed_phase_refused_on_a_cpu(tmp_path, capsys):
+    assert gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "x")]) == 2
+    assert "error: " in capsys.readouterr().err and not (tmp_path / "x").exists()

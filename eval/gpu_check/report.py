@@ -105,7 +105,7 @@ def summary(results: dict) -> str:
     kept = results.get("kept_entries", [])
     if kept:
         lines += [md_table(kept, {"method": "method", "budget": "budget", "heads identical":
-                                  lambda r: f"{r['identical_heads']}/{r['heads']}", "entries differing": "diff_entries",
+                                  lambda r: f"{r['identical_heads']}/{r['heads']}", "entries differing": "diff_entries", "kept count diff": "count_diff",
                                   "max score gap": lambda r: _f(r["max_score_gap"], ".2g"), "passed": "passed"}), ""]  # fmt: skip
     att = results.get("attention", [])
     if att:
