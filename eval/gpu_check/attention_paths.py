@@ -28,10 +28,12 @@ import torch.nn.functional as F
 
 from lava.attention import decode_bias, flash_available, flash_packed_attention, packed_attention
 
-# Max |out - ref| allowed. fp32 arithmetic lands near 1e-7 here. bf16: inputs are rounded before the
-# reference sees them, so the error is the paths' own bf16 rounding (logits and probabilities kept
-# in bf16 by the masked matmul, 2^-8 relative) on outputs of magnitude <= ~1.
-ATOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+# Pass criteria. fp32: max |out - ref| <= 1e-5 (fp32 arithmetic lands near 1e-6 here). bf16: the
+# inputs are rounded before the reference sees them, so the error is each path's own bf16 rounding;
+# the criterion is the relative error ||out - ref|| / ||ref|| <= 2e-2. Measured on a CPU: SDPA ~2e-3;
+# the masked matmul ~1e-2 at the 8B shape, because it rounds the logits to bf16 before the softmax
+# (2^-9 relative of logits up to ~10).
+TOLERANCE = {torch.float32: ("max_abs_err", 1e-5), torch.bfloat16: ("rel_err", 2e-2)}
 
 
 @dataclass
@@ -239,7 +241,7 @@ def check_paths(
                     "hkv": hkv, "head_dim": d, "rows": case.keys.shape[0], "tail": tail}  # fmt: skip
             for path, builder in paths.items():
                 row = {**base, "path": path, "ran": False, "max_abs_err": float("nan"), "rel_err": float("nan"),
-                       "atol": ATOL[dtype], "passed": None, "us_per_call": float("nan"), "note": ""}  # fmt: skip
+                       "criterion": TOLERANCE[dtype][0], "tol": TOLERANCE[dtype][1], "passed": None, "us_per_call": float("nan"), "note": ""}  # fmt: skip
                 if isinstance(builder, str):
                     row["note"] = builder
                 elif path in HALF_ONLY and dtype == torch.float32:
@@ -248,14 +250,14 @@ def check_paths(
                     try:
                         fn = builder(case)
                         out = fn().double().cpu()
-                        err = (out - ref).abs()
                         row.update(
                             ran=True,
-                            max_abs_err=float(err.max()),
+                            max_abs_err=float((out - ref).abs().max()),
                             rel_err=float((out - ref).norm() / ref.norm()),
-                            passed=bool(torch.isfinite(out).all()) and float(err.max()) <= ATOL[dtype],
                             us_per_call=time_call(fn, dev, iters),
                         )
+                        metric, tol = TOLERANCE[dtype]
+                        row["passed"] = bool(torch.isfinite(out).all()) and row[metric] <= tol
                     except Exception as exc:  # a kernel the machine lacks: reported, not fatal
                         row["note"] = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                 rows.append(row)

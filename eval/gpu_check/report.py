@@ -110,7 +110,9 @@ def summary(results: dict) -> str:
     att = results.get("attention", [])
     if att:
         lines += [md_table(att, {"case": "case", "dtype": "dtype", "path": "path", "ran": "ran",
-                                 "max abs err": lambda r: _f(r["max_abs_err"], ".2e"), "tol": "atol",
+                                 "max abs err": lambda r: _f(r["max_abs_err"], ".2e"),
+                                 "rel err": lambda r: _f(r["rel_err"], ".2e"),
+                                 "passes if": lambda r: f"{r['criterion']} <= {r['tol']}",
                                  "us/call": lambda r: _f(r["us_per_call"], ".1f"), "passed": "passed",
                                  "note": "note"}), ""]  # fmt: skip
     perf = results.get("perf", [])
