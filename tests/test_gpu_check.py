@@ -94,7 +94,9 @@ def test_perf_grid_and_ratios(small_run):
     got = [(r["method"], r["budget"]) for r in rows]
     budgets = gpu_check.SMALL_SIZES["perf_budgets"]
     methods = ["full@budget", "snapkv", "pyramidkv", "adakv", "cake", "lava"]
-    assert got == [("full", "")] + [(m, str(b)) for b in budgets for m in methods]
+    repeated = [("lava", str(max(budgets))), ("adakv", str(max(budgets))), ("full@budget", str(max(budgets)))]
+    assert got == [("full", "")] + [(m, str(b)) for b in budgets for m in methods] + repeated
+    assert [r["repeat"] for r in rows] == ["0"] * (1 + len(budgets) * len(methods)) + ["1"] * 3
     full = rows[0]
     assert float(full["kv_ratio"]) == 1.0 and float(full["decode_speedup"]) == 1.0
     prompt = results["meta"]["sizes"]["perf_prompt"]

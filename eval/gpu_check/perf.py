@@ -152,9 +152,9 @@ def run_generation(
 
 
 def add_ratios(rows: list[dict], weights: int, activations: int, config: Any, dtype: torch.dtype) -> None:
-    """Ratios against ``full`` and ``full@budget`` of the same run, memory against the budget's KV bytes."""
+    """Ratios against ``full`` and the ``full@budget`` of the same repeat; memory against the budget's KV bytes."""
     full = next((r for r in rows if r["method"] == FULL), None)
-    ceilings = {r["budget"]: r for r in rows if r["method"] == CEILING}
+    ceilings = {(r["budget"], r.get("repeat", 0)): r for r in rows if r["method"] == CEILING}
     nan = float("nan")
     for r in rows:
         above = r["peak_bytes"] - weights
@@ -166,7 +166,7 @@ def add_ratios(rows: list[dict], weights: int, activations: int, config: Any, dt
             r["kv_ratio"] = r["kv_bytes"] / full["kv_bytes"]
             full_above = full["peak_bytes"] - weights
             r["peak_above_weights_ratio"] = above / full_above if full_above > 0 else nan
-        ceiling = ceilings.get(r["budget"])
+        ceiling = ceilings.get((r["budget"], r.get("repeat", 0)))
         r["decode_vs_ceiling"] = r["decode_tok_s"] / ceiling["decode_tok_s"] if ceiling else nan
         if r["budget"] != "":
             budget_bytes = budget_kv_bytes(config, int(r["budget"]), dtype)

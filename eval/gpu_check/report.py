@@ -127,7 +127,7 @@ def summary(results: dict) -> str:
             "'-' off CUDA). Ratios are against `full` in this run.",
             "",
         ]
-        lines += [md_table(perf, {"method": "method", "budget": "budget",
+        lines += [md_table(perf, {"method": "method", "budget": "budget", "repeat": "repeat",
                                   "prefill s": lambda r: _f(r["prefill_s"], ".3f"),
                                   "compress s": lambda r: _f(r["compress_s"], ".3f"),
                                   "decode tok/s": lambda r: _f(r["decode_tok_s"], ".1f"),
@@ -141,7 +141,7 @@ def summary(results: dict) -> str:
         top = max((r["budget"] for r in perf if r["budget"] != ""), default=None)
         for r in acceptance(perf, top) if top else []:
             lines.append(
-                f"- {r['method']} @ {top}: decode {_f(r.get('decode_vs_ceiling'), '.2f')} x full@budget "
+                f"- {r['method']} @ {top} (repeat {r.get('repeat', 0)}): decode {_f(r.get('decode_vs_ceiling'), '.2f')} x full@budget "
                 f"(target >= 0.9), {_f(r.get('decode_speedup'), '.2f')} x full; peak memory above weights "
                 f"{_f(r.get('peak_vs_budget'), '.2f')} x the budget's KV bytes, during "
                 f"decode {_f(r.get('decode_mem_vs_budget'), '.2f')} x, peak minus the prefill's own "
