@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM=false
 # 2-thread runs up to 4x slower (docs/perf.md); on an idle machine the difference is small.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup run test lint format bench-perf reproduce-tables clean
+.PHONY: setup run test lint format bench-perf reproduce-tables gpu-check gpu-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -47,6 +47,29 @@ bench-perf: setup
 
 reproduce-tables: setup
 	$(PY) scripts/reproduce_tables.py $(ARGS)
+
+# The CUDA path in one prepared run (docs/gpu.md): correctness, then speed and memory at 8B scale.
+gpu-check: setup
+	$(PY) scripts/gpu_check.py $(ARGS)
+
+# Wheels of what scripts/gpu_check.py needs beyond the device machine's image (which has torch,
+# transformers, PyYAML, packaging): Hydra, to build the methods from their configs. Pure Python, for
+# the device's Python 3.12; antlr4-python3-runtime 4.9.3 exists only as an sdist and is built here.
+# `carry` them as .whl (docs/gpu.md); the travelling tree's limit is 64 MiB.
+GPU_WHEELS ?= .whl
+GPU_WHEEL_PINS := hydra-core==1.3.8 omegaconf==2.3.1
+GPU_SDIST_PINS := antlr4-python3-runtime==4.9.3
+gpu-wheels: setup
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d $(GPU_WHEELS) $(GPU_WHEEL_PINS)
+	$(PIP) wheel -q --no-deps -w $(GPU_WHEELS) $(GPU_SDIST_PINS)
+	@ls -1 $(GPU_WHEELS)
+	@bytes=$$(du -cb $(GPU_WHEELS)/*.whl | tail -1 | cut -f1); \
+		tree=$$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1); \
+		echo "wheels $$bytes bytes + tracked files $$tree bytes (limit 67108864)"; \
+		test $$((bytes + tree)) -lt 67108864
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
