@@ -200,7 +200,7 @@ def run(cfg: DictConfig) -> RunSummary:
                 max_new_tokens=sample.max_new_tokens,
                 stop_ids=stops,
                 cache=cache,
-                min_new_tokens=cfg.min_new_tokens,
+                min_new_tokens=bench.min_new_tokens,
             )
             record = {
                 "id": sample.id,

@@ -25,15 +25,49 @@ def test_insert_moves_back_to_the_previous_period():
 def test_scores_hand_computed():
     answer = "eat a sandwich and sit in dolores park on a sunny day"
     assert unigram_recall(answer) == 1.0
-    # "day." keeps its period (upstream quirk): 10 of the 11 distinct words match
-    assert unigram_recall("Eat a sandwich and sit in Dolores Park on a sunny day.") == pytest.approx(10 / 11)
+    # LAVa's visualiser turns every "." into a space: the verbatim answer with its period scores 1.0
+    assert unigram_recall("Eat a sandwich and sit in Dolores Park on a sunny day.") == 1.0
+    # eat, a, sandwich ("sandwich." loses its period) of the 11 distinct words
+    assert unigram_recall("eat a sandwich.") == pytest.approx(3 / 11)
     assert unigram_recall("sit in the park") == pytest.approx(3 / 11)  # sit, in, park
+    # other punctuation stays attached: "sandwich," "park!" and "day?" match nothing, "and" is missing;
+    # eat, a, sit, in, dolores, on, sunny remain
+    assert unigram_recall("eat a sandwich, sit in Dolores park! on a sunny day?") == pytest.approx(7 / 11)
+    # a period inside a word splits it: "park.on" -> "park", "on"
+    assert unigram_recall("park.on") == pytest.approx(2 / 11)
     assert unigram_recall("") == 0.0
     assert exact_match("You should eat a sandwich and sit in Dolores Park on a sunny day!") == 1.0
     assert exact_match("eat a sandwich") == 0.0
     assert rouge1_f("", NEEDLE) == 0.0
     # "sandwich" and "park" vs the 21-token needle: P = 2/2, R = 2/21 -> F = 2 * (2/21) / (1 + 2/21) = 4/23
     assert rouge1_f("sandwich park", NEEDLE.strip()) == pytest.approx(4 / 23)
+
+
+def test_score_matches_lava_visualiser_rule():
+    """Loop-based transcription of LAVa's run_needle_visulize.py scoring, on varied responses."""
+
+    def lava_score(response: str) -> float:
+        expected = "eat a sandwich and sit in Dolores Park on a sunny day".lower().split()
+        words = []
+        for word in response.lower().replace(".", " ").split():
+            if word not in words:
+                words.append(word)
+        unique_expected = []
+        for word in expected:
+            if word not in unique_expected:
+                unique_expected.append(word)
+        return sum(1 for w in unique_expected if w in words) / len(unique_expected)
+
+    responses = [
+        "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.",
+        "Dolores Park.",
+        "...sunny...day...",
+        "EAT A SANDWICH!",
+        "go to the Golden Gate Bridge",
+        "sit in Dolores\tPark\non a sunny day",
+    ]
+    for response in responses:
+        assert unigram_recall(response) == pytest.approx(lava_score(response)), response
 
 
 def test_samples_fit_their_length_and_contain_the_needle(smollm2_tokenizer):
@@ -60,3 +94,57 @@ def test_bad_grid_is_a_user_error():
         NeedleHaystack(lengths=[100], buffer=200)
     with pytest.raises(UserError):
         NeedleHaystack(depths=[150])
+
+
+def test_requested_prompt_tokens_bounds_the_longest_prompt(smollm2_tokenizer):
+    from eval.runner import build_prompt_ids
+    from lava.models import as_spec
+    from tests.conftest import model_config
+
+    bench = NeedleHaystack(lengths=[400, 900], depths=[0, 50, 100])
+    ctx = PromptContext(tokenizer=smollm2_tokenizer, model_name="smollm2-135m", max_prompt_tokens=7500)
+    spec = as_spec(model_config())
+    longest = max(len(build_prompt_ids(s, smollm2_tokenizer, spec)) for s in bench.samples(ctx))
+    requested = bench.requested_prompt_tokens(ctx)
+    # 900 - 200 context tokens plus the frame; junction merges may cost a token or two
+    assert longest - 2 <= requested <= longest + 2
+    assert NeedleHaystack(lengths=[99999]).requested_prompt_tokens(ctx) > 99999 - 200
+
+
+def test_min_new_tokens_default_and_range():
+    from lava.errors import UserError
+
+    assert NeedleHaystack().min_new_tokens == 0
+    with pytest.raises(UserError, match="min_new_tokens"):
+        NeedleHaystack(min_new_tokens=-1)
+    with pytest.raises(UserError, match="min_new_tokens"):
+        NeedleHaystack(min_new_tokens=31, max_new_tokens=30)
+
+
+def test_period_override_changes_the_insertion_point():
+    # "Ġ." style id 1 counts as a period only when the override (or the vocabulary) says so
+    hay = [5, 0, 6, 7, 1, 8, 9, 10, 11, 12]
+    needle = [99]
+    assert insert_needle(hay, needle, 10, 60, {0}) == [5, 0, 99, 6, 7, 1, 8, 9, 10, 11]
+    assert insert_needle(hay, needle, 10, 60, {0, 1}) == [5, 0, 6, 7, 1, 99, 8, 9, 10, 11]
+
+
+def test_niah_run_identity_changed():
+    """Run folders of the old NIAH config (no version, no min_new_tokens) are not reused."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from eval.runner import run_dir_for
+    from tests.conftest import REPO
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        new = compose(config_name="config", overrides=["method=full"])
+        old = compose(config_name="config", overrides=["method=full"])
+    assert new.bench.version == 2 and new.bench.min_new_tokens == 0
+    with open_dict(old):
+        for key in ("version", "min_new_tokens", "period_ids"):
+            del old.bench[key]
+    assert run_dir_for(new) != run_dir_for(old)
+    bumped = new.copy()
+    bumped.bench.version = 3
+    assert run_dir_for(bumped) != run_dir_for(new)

@@ -150,9 +150,23 @@ def default_aggregate(records: Sequence[dict[str, Any]], headline: str) -> dict[
 def middle_truncate(text: str, tokenizer: Any, max_tokens: int) -> str:
     """Keep the first and last ``max_tokens // 2`` tokens of ``text`` (LongBench / InfiniteBench rule).
 
-    The two halves are decoded separately with ``skip_special_tokens=True`` and joined, exactly as
-    LongBench's ``pred.py`` and InfiniteBench's ``eval_utils.py`` do. Text within the limit is
-    returned unchanged.
+    ``text`` is tokenized without special tokens, so ``max_tokens`` counts content tokens only, and
+    the two halves are decoded separately with ``skip_special_tokens=True`` and joined, as
+    LongBench's ``pred.py`` does. Text within the limit is returned unchanged.
+
+    How this differs from upstream, for tokenizers that add a BOS token (LLaMA, Mistral; SmolLM2
+    adds none, so there it is identical):
+
+    - LongBench ``pred.py`` and InfiniteBench ``truncate_by_tokens`` (``eval_yarn_mistral.py``,
+      ``eval_chatglm.py``, ``eval_yi_200k.py``) tokenize with the tokenizer's defaults, so the BOS
+      is the first of the ``max_tokens`` and the front half keeps one content token less
+      (``max_tokens // 2 - 1``). The BOS is then dropped by ``skip_special_tokens`` and added again
+      when the prompt is encoded. Here the front half keeps ``max_tokens // 2`` content tokens:
+      the limit applies to the text, whatever special tokens the prompt gets around it later.
+    - InfiniteBench decodes the joined ids once; LongBench and this function decode each half on
+      its own. With SentencePiece tokenizers a separately decoded tail loses the leading space of
+      its first word piece, so the junction can lack one space compared with InfiniteBench's text.
+      Byte-level BPE tokenizers decode to the same text either way.
     """
     ids = tokenizer.encode(text, add_special_tokens=False)
     if len(ids) <= max_tokens:

@@ -63,6 +63,8 @@ class LongBench(Benchmark):
     samples_per_task: int | None = None
     cache_dir: str | None = None
     repo_id: str = HUB_REPO
+    min_new_tokens: int = 1  # stop tokens suppressed on the first step (LongBench pred.py min_length)
+    version: int = 1  # part of the run identity: bump when prompts or scoring change
 
     variant_e = False  # class constant, not a config field
 

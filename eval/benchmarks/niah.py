@@ -40,6 +40,15 @@ class NeedleHaystack(Benchmark):
         Tokens subtracted from each length for the prompt around the context (upstream: 200).
     max_new_tokens : int
         Upstream: 30.
+    min_new_tokens : int
+        Steps on which stop tokens are suppressed. Upstream: 0 (a newline as the first token ends
+        the answer, empty).
+    period_ids : list[int], optional
+        Token ids the insertion point may follow. None derives them from the tokenizer's vocabulary
+        (:func:`period_token_ids`); a list reproduces a hard-coded upstream list exactly.
+    version : int
+        Part of the run identity; bumped when prompts or scoring change (2: LAVa's period rule in
+        the score, vocabulary-derived period ids, no minimum answer length).
     """
 
     name: str = "niah"
@@ -47,9 +56,12 @@ class NeedleHaystack(Benchmark):
     depths: list[float] = field(default_factory=lambda: [0, 25, 50, 75, 100])
     buffer: int = 200
     max_new_tokens: int = 30
+    min_new_tokens: int = 0
     needle: str = NEEDLE
     question: str = QUESTION
     train_length: int | None = None
+    period_ids: list[int] | None = None
+    version: int = 2
 
     def __post_init__(self) -> None:
         self.lengths = [int(x) for x in self.lengths]
@@ -58,12 +70,25 @@ class NeedleHaystack(Benchmark):
             raise UserError(f"bench.lengths must all exceed bench.buffer={self.buffer}; got {self.lengths}")
         if any(not 0 <= d <= 100 for d in self.depths):
             raise UserError(f"bench.depths must lie in [0, 100]; got {self.depths}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise UserError(
+                f"bench.min_new_tokens={self.min_new_tokens} must lie in [0, bench.max_new_tokens={self.max_new_tokens}]"
+            )
+
+    def requested_prompt_tokens(self, ctx: PromptContext) -> int:
+        """Tokens of the longest prompt the grid asks for: the longest context plus the prompt frame.
+
+        Computed from the config and the tokenizer alone (no haystack is built). The real prompt
+        can differ by a token or two where the context meets the frame.
+        """
+        frame = PROMPT_TEMPLATE.format(context="", question=self.question)
+        return max(self.lengths) - self.buffer + len(ctx.tokenizer.encode(frame, add_special_tokens=True))
 
     def samples(self, ctx: PromptContext) -> Iterator[Sample]:
         tok = ctx.tokenizer
         needle_ids = tok.encode(self.needle, add_special_tokens=False)  # no BOS inside the context
         haystack_ids = _haystack_ids(tok, max(self.lengths))
-        period_ids = set(tok.encode(".", add_special_tokens=False))
+        period_ids = set(self.period_ids) if self.period_ids is not None else period_token_ids(tok)
         for length in self.lengths:
             for depth in self.depths:
                 context = insert_needle(haystack_ids, needle_ids, length - self.buffer, depth, period_ids)
@@ -101,6 +126,28 @@ class NeedleHaystack(Benchmark):
             df, run_dir / "heatmap.png", value="recall", title=run_dir.name, train_length=self.train_length
         )
         return [path]
+
+
+# Vocabulary spellings of a leading space: SentencePiece's word start, byte-level BPE's mapped space
+# byte, and a plain space (tiktoken-style vocabularies with bytes keys).
+SPACE_MARKERS = ("\u2581", "\u0120", " ")
+
+
+def period_token_ids(tokenizer: Any) -> set[int]:
+    """Ids of the vocabulary tokens that are a period, alone or after one leading-space marker.
+
+    Upstream hard-codes these per tokenizer family (LLaMA-2 ``[29889, 869]``, LLaMA-3 ``[13]``,
+    Mistral ``[842, 28723]``, GLM ``[918, 30930]``) because a SentencePiece tokenizer has two period
+    tokens and ``encode(".")`` returns only the word-start one ("▁."), while a sentence end inside
+    text is the other ("."). Reading both off the vocabulary works for any tokenizer. Falls back to
+    upstream's ``encode(".")`` when the vocabulary has no such token.
+    """
+    ids = set()
+    for token, index in tokenizer.get_vocab().items():
+        text = token.decode("utf-8", errors="replace") if isinstance(token, bytes) else token
+        if text == "." or (len(text) == 2 and text[0] in SPACE_MARKERS and text[1] == "."):
+            ids.add(int(index))
+    return ids or set(tokenizer.encode(".", add_special_tokens=False))
 
 
 def _haystack_ids(tokenizer: Any, min_tokens: int) -> list[int]:

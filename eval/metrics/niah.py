@@ -4,22 +4,27 @@ from __future__ import annotations
 
 from rouge_score import rouge_scorer
 
-# PyramidKV / LAVa visualiser: the expected words of the needle answer, lower-cased, the final '.' dropped
-# (LAVa's copy of `visualize.py`); the score divides by the size of the word *set* (11 words).
+# The expected words of the needle answer, as in LAVa's `run_needle_visulize.py` (MGDDestiny/Lava,
+# experiments/needle_in_haystack): lower-cased, no final period, 11 distinct words ("a" twice).
 NEEDLE_ANSWER = "eat a sandwich and sit in dolores park on a sunny day"
 
 _ROUGE = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
 
 
 def unigram_recall(response: str, expected: str = NEEDLE_ANSWER) -> float:
-    """|set(response words) & set(expected words)| / |set(expected words)|, lower-cased, whitespace split.
+    """LAVa's NIAH score: ``|set(response words) & set(expected words)| / |set(expected words)|``.
 
-    Punctuation stays attached to words, as in the upstream visualiser: "day." does not match "day".
+    Scoring rule of LAVa's `run_needle_visulize.py`: the response is lower-cased, every ``"."`` is
+    replaced by a space, and both sides are split on whitespace. So "day." matches "day", while any
+    other punctuation stays attached to its word ("day!" does not match). KVCache-Factory's
+    visualiser keeps the period in its expected words instead ("day."); both give a verbatim answer
+    1.0, they differ only on a response without the final period.
     """
     expected_words = set(expected.lower().split())
     if not expected_words:
         return 0.0
-    return len(set(response.lower().split()) & expected_words) / len(expected_words)
+    response_words = set(response.lower().replace(".", " ").split())
+    return len(response_words & expected_words) / len(expected_words)
 
 
 def rouge1_f(response: str, needle: str) -> float:

@@ -80,6 +80,8 @@ class InfiniteBench(Benchmark):
     hub_repo: str = HUB_REPO
     hub_format: str = "jsonl"
     max_new_tokens: dict[str, int] | None = None
+    min_new_tokens: int = 0  # InfiniteBench generates without a minimum
+    version: int = 1  # part of the run identity: bump when prompts or scoring change
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:

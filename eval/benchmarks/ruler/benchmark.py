@@ -67,6 +67,8 @@ class Ruler(Benchmark):
     qa_data_dir: str | None = None
     download: bool = True
     cache: bool = True
+    min_new_tokens: int = 0  # RULER generates without a minimum
+    version: int = 1  # part of the run identity: bump when prompts or scoring change
 
     def __post_init__(self) -> None:
         self.task_names = resolve_tasks(self.tasks if isinstance(self.tasks, str) else list(self.tasks))
