@@ -308,6 +308,11 @@ class CompressedCache(Cache):
         result = method.scorer(query[:, -window:], keys, layer.full_values, window, scaling)
         layer.scores = result.scores.float()
         self.stats.append(result.stat)
+        if not getattr(method.layer_allocator, "monotone", True):
+            # An earlier layer's budget may still grow: keep the full prefill until the last layer.
+            if layer_idx == self.num_layers - 1:
+                self._allocate_once(prefix)
+            return
         budgets = method.layer_allocator.allocate(
             self.stats, [prefix] * len(self.stats), self.num_layers, method.budget - window
         )
@@ -328,6 +333,19 @@ class CompressedCache(Cache):
         if last:
             for other in self.layers:  # the scores are only needed while budgets can still move
                 other.scores = other.prepared = None
+
+    def _allocate_once(self, prefix: int) -> None:
+        """Budgets of all layers from all statistics, then every layer stored (non-monotone allocators)."""
+        method = self.method
+        window = method.window
+        self.layer_budgets = method.layer_allocator.allocate(
+            self.stats, [prefix] * self.num_layers, self.num_layers, method.budget - window
+        )
+        for layer, budget in zip(self.layers, self.layer_budgets):
+            caps = method.head_allocator.caps(layer.scores, budget, method.budget)
+            layer.prefix_kept = caps
+            layer.store(_ranks(layer.scores, window), caps, self.reserve)
+            layer.scores = layer.prepared = None
 
     def _lower_caps(self, j: int, budget: int) -> None:
         earlier = self.layers[j]
