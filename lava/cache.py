@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers.cache_utils import Cache, CacheLayerMixin
 
 from lava.attention import (
     decode_bias,
@@ -24,6 +23,10 @@ from lava.attention import (
     full_prefill_attention,
     packed_attention,
 )
+from lava.compat import require_transformers
+
+require_transformers()  # before the import below, which fails on transformers without CacheLayerMixin
+from transformers.cache_utils import Cache, CacheLayerMixin  # noqa: E402
 
 # An earlier layer whose budget went down is repacked once this fraction of its rows can be freed (and
 # in any case after the last layer's compression): fewer copies, at most this much extra memory.
@@ -90,6 +93,8 @@ class CompressedLayer(CacheLayerMixin):
         return key_states, value_states
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        if isinstance(query_length, torch.Tensor):  # transformers < 5.x passes cache_position (see below)
+            query_length = query_length.shape[0]
         return self.seq_len + query_length, 0
 
     def get_seq_length(self) -> int:
@@ -100,6 +105,14 @@ class CompressedLayer(CacheLayerMixin):
 
     def reset(self) -> None:
         self.__init__(self.parent, self.layer_idx)
+
+    # -- compatibility with older transformers 5.x (lava.compat.MIN_TRANSFORMERS and later) ---------------
+    # Before 5.x the mixin's abstract length method is `get_max_cache_shape` (no maximum: -1), and
+    # `get_mask_sizes` receives the `cache_position` tensor instead of the query length (handled above).
+    def get_max_cache_shape(self) -> int:
+        return -1
+
+    # -- end of compatibility section ----------------------------------------------------------------------
 
     # -- storage ------------------------------------------------------------------------------------------
     @property
