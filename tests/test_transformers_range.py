@@ -76,3 +76,9 @@ def test_run_stops_with_one_line(tmp_path, version):
         f"(pip install 'transformers>={MIN_TRANSFORMERS},<{MAX_TRANSFORMERS}')"
     ]
     assert not (tmp_path / "out").exists()
+
+
+def test_make_test_lowest_installs_the_floor():
+    makefile = (REPO / "Makefile").read_text()
+    (pin,) = re.findall(r"^TRANSFORMERS_LOWEST\s*\?=\s*transformers==(\S+)", makefile, flags=re.M)
+    assert pin == MIN_TRANSFORMERS
