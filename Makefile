@@ -18,9 +18,10 @@ export OMP_WAIT_POLICY ?= PASSIVE
 LOWEST_VENV         := .venv-lowest
 LOWEST_PY           := $(LOWEST_VENV)/bin/python
 TRANSFORMERS_LOWEST ?= transformers==5.0.0
-LOWEST_TESTS        ?= tests/test_transformers_range.py tests/test_cake_budgets.py tests/test_budget_invariants.py \
-                       tests/test_packed_attention.py tests/test_model_families.py tests/test_checks.py \
-                       tests/test_entry_counts.py
+LOWEST_TESTS        ?= tests/test_transformers_range.py tests/test_cake_budgets.py tests/test_reference_scorers.py \
+                       tests/test_reference_allocators.py tests/test_budget_invariants.py tests/test_packed_attention.py \
+                       tests/test_model_families.py tests/test_token_identical.py tests/test_entry_counts.py \
+                       tests/test_checks.py tests/test_niah.py
 
 .PHONY: setup run test test-lowest lint format bench-perf reproduce-tables clean
 
