@@ -93,7 +93,7 @@ class CompressedLayer(CacheLayerMixin):
         return key_states, value_states
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        if isinstance(query_length, torch.Tensor):  # transformers < 5.x passes cache_position (see below)
+        if isinstance(query_length, torch.Tensor):  # early 5.x passes cache_position (see below)
             query_length = query_length.shape[0]
         return self.seq_len + query_length, 0
 
@@ -106,9 +106,9 @@ class CompressedLayer(CacheLayerMixin):
     def reset(self) -> None:
         self.__init__(self.parent, self.layer_idx)
 
-    # -- compatibility with older transformers 5.x (lava.compat.MIN_TRANSFORMERS and later) ---------------
-    # Before 5.x the mixin's abstract length method is `get_max_cache_shape` (no maximum: -1), and
-    # `get_mask_sizes` receives the `cache_position` tensor instead of the query length (handled above).
+    # -- compatibility with early transformers 5.x (from lava.compat.MIN_TRANSFORMERS) --------------------
+    # In 5.0 to 5.2 (at least) the mixin's abstract length method is `get_max_cache_shape` (no maximum:
+    # -1), and `get_mask_sizes` receives the `cache_position` tensor, not the query length (handled above).
     def get_max_cache_shape(self) -> int:
         return -1
 
