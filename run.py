@@ -12,9 +12,9 @@ from lava.errors import UserError
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from eval.runner import format_summary, run
-
     try:
+        from eval.runner import format_summary, run  # inside: an unsupported transformers is a UserError
+
         summary = run(cfg)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

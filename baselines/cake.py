@@ -1,8 +1,9 @@
-"""CAKE (official antgroup/cakekv formulation; lava_spec.md section 4.5 (b)).
+"""CAKE, as the official antgroup/cakekv code defines it (docs/methods.md, CAKE).
 
 Parts: :class:`CakeScorer` (token score ``mean + gamma * var`` of the window attention, avg-pooled,
 GQA mean; layer preference ``H^(1/tau1) * V^(1/tau2)``) + :class:`~lava.allocation.PreferenceLayerBudget`
-(clamped to each layer's prefix, surplus redistributed) + uniform heads.
+(official ``adjust_budgets``: clamped to each layer's prefix, surplus and rounding deficit spread
+evenly, allocated once after the last layer) + uniform heads.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from eval import checks
 from eval.benchmarks.base import Benchmark, PromptContext, Sample
 from eval.generation import greedy_generate
 from eval.provenance import git_commit, package_versions, peak_memory
@@ -130,6 +131,7 @@ def run(cfg: DictConfig) -> RunSummary:
     """Run (or resume) one configuration and write its run folder."""
     t_start = time.perf_counter()
     validate(cfg)
+    checks.check_config(cfg)
     spec = as_spec(cfg.model)
     bench = build_benchmark(cfg)
     method = build_method(cfg)
@@ -150,6 +152,7 @@ def run(cfg: DictConfig) -> RunSummary:
         seed=cfg.seed,
         chat_template=spec.chat_template,
     )
+    checks.check_prompt_lengths(bench, ctx, spec.max_context, cfg)
     # Samples before weights: data errors surface in seconds, before the model is loaded.
     samples = list(bench.samples(ctx))
     if cfg.num_shards > 1:

@@ -3,7 +3,10 @@
 Budgets here count *non-window* entries per KV head (``B0 - window`` on average): the window is
 always kept on top. Every allocator keeps ``sum(budgets) <= num_layers * (B0 - window)`` and, per
 layer, ``sum(head caps) <= num_kv_heads * layer_budget``, so a method never stores more than
-``layers x kv_heads x B0`` entries (the upstream-floor switch excepted, which exists for parity).
+``layers x kv_heads x B0`` entries. The parity switches are the exceptions: LAVa's upstream floor
+(``FlatHeadBudget(floor="upstream")``) and PyramidKV's upstream schedule
+(``PyramidLayerBudget(schedule="upstream")``) keep a few more, as the upstream code does.
+docs/methods.md gives every rule with its defaults and the entry counts they give.
 """
 
 from __future__ import annotations
@@ -21,12 +24,16 @@ import torch
 #   stats     : the layer statistic of each seen layer (None for scorers without one)
 #   caps      : evictable prefix length P of each seen layer (a layer never needs more than P)
 #   per_layer : the average non-window budget per head, B0 - window
-# Called after each layer's prefill with the layers seen so far; the budgets of earlier layers may
-# only shrink as more layers arrive, which bounds peak memory during prefill.
+# Called after each layer's prefill with the layers seen so far. A ``monotone`` allocator promises that
+# the budgets of earlier layers only shrink as more layers arrive, so the cache can compress every layer
+# at once and shrink it later (bounded peak memory). A non-monotone one makes the cache keep every
+# layer's full prefill until the last layer and allocate once.
 # ----------------------------------------------------------------------------------------------------------
 
 
 class LayerAllocator:
+    monotone: bool = True
+
     def allocate(
         self, stats: Sequence[float | None], caps: Sequence[int], num_layers: int, per_layer: int
     ) -> list[int]:
@@ -41,16 +48,39 @@ class UniformLayerBudget(LayerAllocator):
         return [min(per_layer, cap) for cap in caps]
 
 
+PYRAMID_SCHEDULES = ("floor", "upstream")
+
+
 @dataclass
 class PyramidLayerBudget(LayerAllocator):
     """PyramidKV's linear schedule from ``max`` at layer 0 down to ``min`` at the last layer.
 
-    ``min = b // beta`` and ``max = 2b - min`` with ``b = B0 - window``; when ``max`` exceeds the
-    prefix, ``max = P`` and ``min = 2b - max`` (lava_spec.md section 4.2). Intermediate layers are
-    floored, so the total never exceeds ``L * b`` (upstream's integer step can overshoot by a few).
+    ``min = b // beta`` and ``max = 2b - min`` with ``b = B0 - window``; when ``max`` reaches the prefix
+    ``P``, ``max = P`` and ``min = 2b - max``.
+
+    Parameters
+    ----------
+    beta : float
+        Ratio of the average budget to the last layer's (20).
+    schedule : {"floor", "upstream"}
+        ``"floor"`` (default): layer ``l`` gets ``min + floor((L-1-l) (max - min) / (L-1))``, so the total
+        never exceeds ``L * b``. ``"upstream"``: KVCache-Factory's integer step, layer ``l`` gets
+        ``max - l * ((max - min) // (L-1))``, which keeps a few more entries in the deeper layers
+        (the total can exceed ``L * b``), and prompts shorter than ``2b`` tokens get the uniform ``b``.
+    window : int or None
+        The method's window; only ``schedule="upstream"`` needs it (its short-prompt rule counts the
+        whole prompt ``P + window``). The method configs fill it in.
     """
 
     beta: float = 20.0
+    schedule: str = "floor"
+    window: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.schedule not in PYRAMID_SCHEDULES:
+            raise ValueError(f"schedule must be one of {PYRAMID_SCHEDULES}, got {self.schedule!r}")
+        if self.schedule == "upstream" and self.window is None:
+            raise ValueError("schedule='upstream' needs the method's window (layer_allocator.window)")
 
     def allocate(self, stats, caps, num_layers, per_layer) -> list[int]:
         if num_layers == 1:
@@ -61,12 +91,24 @@ class PyramidLayerBudget(LayerAllocator):
         if high >= prefix:
             high = prefix
             low = max(0, 2 * per_layer - high)
-        span = max(num_layers - 1, 1)
+        if self.schedule == "upstream":
+            if prefix + self.window < 2 * per_layer:  # upstream keeps SnapKV's uniform budget here
+                return [min(per_layer, cap) for cap in caps]
+            step = (high - low) // (num_layers - 1)
+            return [max(0, min(high - layer * step, cap)) for layer, cap in enumerate(caps)]
+        span = num_layers - 1
         out = []
         for layer, cap in enumerate(caps):
             budget = low + math.floor((num_layers - 1 - layer) * (high - low) / span)
             out.append(max(0, min(budget, cap)))
         return out
+
+
+def _weights(stats: Sequence[float | None]) -> list[float]:
+    """Non-negative finite weights from layer statistics (missing, negative or non-finite count 0);
+    all 1 when every weight is 0 (a degenerate statistic falls back to a uniform split)."""
+    values = [max(float(s), 0.0) if s is not None and math.isfinite(s) else 0.0 for s in stats]
+    return values if sum(values) > 0 else [1.0] * len(values)
 
 
 @dataclass
@@ -75,21 +117,17 @@ class ProportionalLayerBudget(LayerAllocator):
 
     Water-filling: find ``lam`` with ``sum_l min(P_l, lam * s_l) = L * b`` and give layer ``l``
     ``min(P_l, floor(lam * s_l))``. With no layer at its cap this is LAVa's
-    ``int(s_l / sum(s) * L * b)``; capped layers give their surplus to the others (CAKE's
-    ``adjust_budgets``). Called on the layers seen so far with the *whole* total, ``lam`` only falls
-    as layers arrive, so earlier layers only shrink (LAVa's online scheme).
+    ``int(s_l / sum(s) * L * b)``; capped layers give their surplus to the others in proportion to
+    their statistic. Called on the layers seen so far with the *whole* total, ``lam`` only falls as
+    layers arrive, so earlier layers only shrink (LAVa's online scheme).
     """
 
     def allocate(self, stats, caps, num_layers, per_layer) -> list[int]:
         total = num_layers * per_layer
-        values = [max(float(s), 0.0) if s is not None and math.isfinite(s) else 0.0 for s in stats]
         if sum(caps) <= total:
             return list(caps)
-        if sum(values) <= 0:  # degenerate statistic: fall back to a uniform split
-            values = [1.0] * len(caps)
-        exact = [
-            Fraction(v) for v in values
-        ]  # exact arithmetic: a whole-number share must not floor to n - 1
+        # exact arithmetic: a whole-number share must not floor to n - 1
+        exact = [Fraction(v) for v in _weights(stats)]
         lam = _water_level(exact, caps, total)
         if lam is None:  # every layer with a positive statistic is capped
             return [cap if v > 0 else 0 for v, cap in zip(exact, caps)]
@@ -109,12 +147,77 @@ def _water_level(values: Sequence[Fraction], caps: Sequence[int], total: int) ->
     return None
 
 
+def _spread(budgets: list[int], amount: int, receivers: list[int]) -> None:
+    """Add ``amount`` evenly to ``budgets[receivers]``, the remainder one each to the first receivers."""
+    if not receivers:
+        return
+    each, remainder = divmod(amount, len(receivers))
+    for rank, index in enumerate(receivers):
+        budgets[index] += each + (1 if rank < remainder else 0)
+
+
+def even_adjusted_budgets(shares: Sequence[float], caps: Sequence[int], total: int) -> list[int]:
+    """Official CAKE's ``adjust_budgets``: integer layer budgets from real-valued shares.
+
+    1. Truncate each share to an integer.
+    2. Clamp each layer to its prefix ``P_l``; the clamped surplus is spread evenly over the layers
+       below their prefix (the remainder one entry each, lowest layer indices first).
+    3. The rounding deficit ``total - sum`` is spread the same way over the layers still below their
+       prefix, so the budgets add up to exactly ``total`` unless every layer is at its prefix.
+
+    The surplus spread is not clamped again, as upstream; a layer pushed past its prefix keeps only
+    its prefix (upstream's eviction clamps it the same way), which can leave the total a little short.
+    """
+    budgets = [int(share) for share in shares]
+    surplus = sum(max(budget - cap, 0) for budget, cap in zip(budgets, caps))
+    budgets = [min(budget, cap) for budget, cap in zip(budgets, caps)]
+    if surplus > 0:
+        _spread(budgets, surplus, [i for i, (bud, cap) in enumerate(zip(budgets, caps)) if bud < cap])
+    deficit = total - sum(budgets)  # >= 0: truncated shares never add up to more than the total
+    if deficit > 0:
+        _spread(budgets, deficit, [i for i, (bud, cap) in enumerate(zip(budgets, caps)) if bud < cap])
+    return [min(budget, cap) for budget, cap in zip(budgets, caps)]
+
+
+REDISTRIBUTIONS = ("even", "proportional")
+
+
+@dataclass
+class PreferenceLayerBudget(LayerAllocator):
+    """CAKE: budgets in proportion to each layer's preference ``H^(1/tau1) * V^(1/tau2)``.
+
+    Parameters
+    ----------
+    redistribute : {"even", "proportional"}
+        ``"even"`` (default, official CAKE): shares ``s_l / sum(s) * L * b`` adjusted by
+        :func:`even_adjusted_budgets` (clamped surplus and rounding deficit spread evenly; the total is
+        exactly ``L * b``). Not monotone: a later layer at its prefix can raise an earlier layer's
+        budget, so the cache allocates once after the last layer, as official CAKE does.
+        ``"proportional"``: water-filling as :class:`ProportionalLayerBudget` (surplus in proportion to
+        the preference; online, earlier layers only shrink).
+    """
+
+    redistribute: str = "even"
+
+    def __post_init__(self) -> None:
+        if self.redistribute not in REDISTRIBUTIONS:
+            raise ValueError(f"redistribute must be one of {REDISTRIBUTIONS}, got {self.redistribute!r}")
+
+    @property
+    def monotone(self) -> bool:
+        return self.redistribute == "proportional"
+
+    def allocate(self, stats, caps, num_layers, per_layer) -> list[int]:
+        if self.redistribute == "proportional":
+            return ProportionalLayerBudget.allocate(self, stats, caps, num_layers, per_layer)
+        total = num_layers * per_layer
+        weights = _weights(stats)
+        weight_sum = sum(weights)
+        return even_adjusted_budgets([w / weight_sum * total for w in weights], caps, total)
+
+
 class EntropyLayerBudget(ProportionalLayerBudget):
     """LAVa: budgets proportional to the normalised entropy of each layer's scores."""
-
-
-class PreferenceLayerBudget(ProportionalLayerBudget):
-    """CAKE: budgets proportional to the preference ``H^(1/tau1) * V^(1/tau2)`` of each layer."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -152,7 +255,7 @@ class FlatHeadBudget(HeadAllocator):
     ``cap = round(c * (1 - alpha) + F)``. ``floor="exact"`` uses ``F = int(alpha * budget)`` and trims
     rounding overshoot so that ``sum(cap) <= Hkv * budget``; ``floor="upstream"`` uses LAVa's stale
     ``F = int(alpha * B0)`` (window included, same in every layer) and keeps its extra entries
-    (lava_spec.md section 6.2).
+    (docs/methods.md, LAVa).
     """
 
     alpha: float = 0.2

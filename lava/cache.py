@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers.cache_utils import Cache, CacheLayerMixin
 
 from lava.attention import (
     decode_bias,
@@ -24,6 +23,10 @@ from lava.attention import (
     full_prefill_attention,
     packed_attention,
 )
+from lava.compat import require_transformers
+
+require_transformers()  # before the import below, which fails on transformers without CacheLayerMixin
+from transformers.cache_utils import Cache, CacheLayerMixin  # noqa: E402
 
 # An earlier layer whose budget went down is repacked once this fraction of its rows can be freed (and
 # in any case after the last layer's compression): fewer copies, at most this much extra memory.
@@ -90,6 +93,8 @@ class CompressedLayer(CacheLayerMixin):
         return key_states, value_states
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        if isinstance(query_length, torch.Tensor):  # early 5.x passes cache_position (see below)
+            query_length = query_length.shape[0]
         return self.seq_len + query_length, 0
 
     def get_seq_length(self) -> int:
@@ -100,6 +105,14 @@ class CompressedLayer(CacheLayerMixin):
 
     def reset(self) -> None:
         self.__init__(self.parent, self.layer_idx)
+
+    # -- compatibility with early transformers 5.x (from lava.compat.MIN_TRANSFORMERS) --------------------
+    # In 5.0 to 5.2 (at least) the mixin's abstract length method is `get_max_cache_shape` (no maximum:
+    # -1), and `get_mask_sizes` receives the `cache_position` tensor, not the query length (handled above).
+    def get_max_cache_shape(self) -> int:
+        return -1
+
+    # -- end of compatibility section ----------------------------------------------------------------------
 
     # -- storage ------------------------------------------------------------------------------------------
     @property
@@ -308,6 +321,11 @@ class CompressedCache(Cache):
         result = method.scorer(query[:, -window:], keys, layer.full_values, window, scaling)
         layer.scores = result.scores.float()
         self.stats.append(result.stat)
+        if not getattr(method.layer_allocator, "monotone", True):
+            # An earlier layer's budget may still grow: keep the full prefill until the last layer.
+            if layer_idx == self.num_layers - 1:
+                self._allocate_once(prefix)
+            return
         budgets = method.layer_allocator.allocate(
             self.stats, [prefix] * len(self.stats), self.num_layers, method.budget - window
         )
@@ -328,6 +346,19 @@ class CompressedCache(Cache):
         if last:
             for other in self.layers:  # the scores are only needed while budgets can still move
                 other.scores = other.prepared = None
+
+    def _allocate_once(self, prefix: int) -> None:
+        """Budgets of all layers from all statistics, then every layer stored (non-monotone allocators)."""
+        method = self.method
+        window = method.window
+        self.layer_budgets = method.layer_allocator.allocate(
+            self.stats, [prefix] * self.num_layers, self.num_layers, method.budget - window
+        )
+        for layer, budget in zip(self.layers, self.layer_budgets):
+            caps = method.head_allocator.caps(layer.scores, budget, method.budget)
+            layer.prefix_kept = caps
+            layer.store(_ranks(layer.scores, window), caps, self.reserve)
+            layer.scores = layer.prepared = None
 
     def _lower_caps(self, j: int, budget: int) -> None:
         earlier = self.layers[j]

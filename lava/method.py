@@ -37,7 +37,8 @@ class CompressionMethod:
     --------
     >>> method = CompressionMethod("snapkv", budget=128)            # doctest: +SKIP
     >>> cache = method.make_cache(model, max_new_tokens=32)         # doctest: +SKIP
-    >>> model.generate(input_ids, past_key_values=cache, max_new_tokens=32)  # doctest: +SKIP
+    >>> from lava.compat import cache_kwargs  # `cache=` from transformers 5.24, `past_key_values=` before
+    >>> model.generate(input_ids, **cache_kwargs(model, cache), max_new_tokens=32)  # doctest: +SKIP
     """
 
     name: str = "snapkv"

@@ -1,8 +1,10 @@
-"""Allocators and the whole compression pipeline against plain-Python references (lava_spec.md 1.3-1.6, 4).
+"""Allocators and the whole compression pipeline against plain-Python references (docs/methods.md).
 
-* Layer allocators: uniform; PyramidKV's linear schedule; proportional water-filling (LAVa's entropy,
-  CAKE's preference) with per-layer caps and surplus redistribution, computed here with exact
-  fractions; the online scheme (earlier layers only shrink).
+* Layer allocators: uniform; PyramidKV's linear schedule (floored, and upstream's integer step);
+  proportional water-filling (LAVa's entropy, CAKE's preference with ``redistribute="proportional"``)
+  with per-layer caps and surplus redistribution, computed here with exact fractions; the online
+  scheme (earlier layers only shrink). Official CAKE's even redistribution is tested in
+  test_cake_budgets.py.
 * Head allocators: uniform; Ada-KV/LAVa flat top-k with the floor in both modes.
 * End to end: a tiny random Llama is prefilled once with a ``DynamicCache`` (queries recomputed from a
   forward pre-hook, keys/values read from the cache); the loop reference runs scores -> layer budgets
@@ -19,6 +21,7 @@ from fractions import Fraction
 
 import pytest
 import torch
+from test_cake_budgets import ref_cake_adjust_budgets
 from test_reference_scorers import (  # the loop references of the scorers (sibling test module)
     ref_cake,
     ref_kept,
@@ -51,12 +54,12 @@ from lava.scorer import SnapKVScorer
 
 
 def ref_uniform_layers(caps: list[int], b: int) -> list[int]:
-    """Spec 4.1/4.3: every layer gets ``b = B0 - w`` (never more than its prefix)."""
+    """SnapKV / Ada-KV: every layer gets ``b = B0 - w`` (never more than its prefix)."""
     return [min(b, cap) for cap in caps]
 
 
 def ref_pyramid(caps: list[int], num_layers: int, b: int, beta: float) -> list[int]:
-    """Spec 4.2 endpoints (``min = b // beta``, ``max = 2b - min``, clamped to the prefix), with the
+    """PyramidKV's endpoints (``min = b // beta``, ``max = 2b - min``, clamped to the prefix), with the
     library's documented schedule in between: ``min + floor((L-1-l) * (max - min) / (L-1))``."""
     prefix = max(caps)
     low = math.floor(Fraction(b) / Fraction(beta))
@@ -71,8 +74,11 @@ def ref_pyramid(caps: list[int], num_layers: int, b: int, beta: float) -> list[i
     return out
 
 
-def ref_pyramid_upstream(prefix: int, num_layers: int, b: int, beta: int) -> list[int]:
-    """Spec 4.2 verbatim (upstream PyramidKV): ``step = (max - min) // (L - 1)``; layer l keeps ``max - l * step``."""
+def ref_pyramid_upstream(prefix: int, num_layers: int, b: int, beta: int, window: int = 0) -> list[int]:
+    """Upstream PyramidKV (KVCache-Factory ``PyramidKVCluster``) verbatim: ``step = (max - min) // (L - 1)``;
+    layer l keeps ``max - l * step``; a prompt shorter than ``2b`` tokens keeps the uniform ``b``."""
+    if prefix + window < 2 * b:
+        return [b] * num_layers
     low = b // beta
     high = 2 * b - low
     if high >= prefix:
@@ -84,8 +90,8 @@ def ref_pyramid_upstream(prefix: int, num_layers: int, b: int, beta: int) -> lis
 
 def ref_proportional(stats: list, caps: list[int], num_layers: int, b: int) -> list[int]:
     """Water-filling with exact fractions: the level ``lam`` with ``sum_l min(P_l, lam * s_l) = L * b``;
-    layer l gets ``min(P_l, floor(lam * s_l))``. Uncapped, this is LAVa's ``int(s_l / sum s * L * b)``
-    (spec 1.4); capped layers' surplus goes to the others in proportion to their statistic.
+    layer l gets ``min(P_l, floor(lam * s_l))``. Uncapped, this is LAVa's ``int(s_l / sum s * L * b)``;
+    capped layers' surplus goes to the others in proportion to their statistic.
 
     Computed the textbook way (cap every layer whose share reaches its cap, recompute, repeat), not
     by sorting thresholds as the library does. Non-finite, missing or negative statistics count 0; if
@@ -127,7 +133,7 @@ def ref_uniform_heads(hkv: int, prefix: int, budget: int) -> list[int]:
 
 
 def ref_flat_heads(scores: list, budget: int, base_budget: int, alpha: float, floor_mode: str) -> list[int]:
-    """Spec 1.3 / 4.3: counts of each head in the layer's flat top ``Hkv * B``; ``cap = round(c(1-a) + F)``.
+    """Ada-KV / LAVa: counts of each head in the layer's flat top ``Hkv * B``; ``cap = round(c(1-a) + F)``.
 
     ``F = int(alpha * B)`` ("exact", Ada-KV's intended floor) or ``int(alpha * B0)`` ("upstream", LAVa's
     stale floor). In exact mode the rounding overshoot is taken back from the heads that rounded up the
@@ -228,6 +234,55 @@ def test_pyramid_documented_deviation_from_upstream_step(num_layers, b, prefix, 
     assert sum(ours) <= num_layers * b <= sum(upstream)
 
 
+@pytest.mark.parametrize(("num_layers", "b", "prefix", "beta"), PYRAMID_CASES)
+@pytest.mark.parametrize("window", [8, 32])
+def test_pyramid_upstream_schedule_matches_kvcache_factory(num_layers, b, prefix, beta, window):
+    allocator = PyramidLayerBudget(beta=beta, schedule="upstream", window=window)
+    caps = [prefix] * num_layers
+    full = allocator.allocate([None] * num_layers, caps, num_layers, b)
+    expect = [min(x, prefix) for x in ref_pyramid_upstream(prefix, num_layers, b, beta, window)]
+    assert full == expect
+    for seen in (1, num_layers // 2, num_layers - 1):  # online calls see a prefix of the same schedule
+        assert allocator.allocate([None] * seen, caps[:seen], num_layers, b) == full[:seen]
+
+
+@pytest.mark.parametrize(
+    ("num_layers", "b", "prefix", "window", "schedule", "expected"),
+    [
+        # SmolLM2 at B0 = 128, w = 32, 1467 tokens: min = 4, max = 188, step = 184 // 29 = 6
+        (30, 96, 1435, 32, "upstream", [188 - 6 * layer for layer in range(30)]),
+        # max clamped to P = 170: min = 192 - 170 = 22, step = 148 // 3 = 49
+        (4, 96, 170, 32, "upstream", [170, 121, 72, 23]),
+        # the floored line through the same end points: 22 + floor((3 - l) * 148 / 3)
+        (4, 96, 170, 32, "floor", [170, 120, 71, 22]),
+        # a 182-token prompt is shorter than 2b = 192: upstream keeps SnapKV's uniform b
+        (4, 96, 150, 32, "upstream", [96, 96, 96, 96]),
+        # ...where the floored schedule runs from max = P = 150 to min = 42 in steps of 108 / 3
+        (4, 96, 150, 32, "floor", [150, 114, 78, 42]),
+    ],
+)
+def test_pyramid_schedules_hand_computed(num_layers, b, prefix, window, schedule, expected):
+    allocator = PyramidLayerBudget(beta=20, schedule=schedule, window=window)
+    assert allocator.allocate([None] * num_layers, [prefix] * num_layers, num_layers, b) == expected
+
+
+def test_pyramid_upstream_schedule_totals_at_smollm2_scale():
+    """30 layers, B0 = 128, w = 32, 3 KV heads: the floored schedule stays within L x Hkv x B0 = 11,520
+    entries, upstream's integer step keeps 11,970 (3030 non-window entries per head + the windows)."""
+    caps = [1435] * 30
+    upstream = PyramidLayerBudget(beta=20, schedule="upstream", window=32).allocate([None] * 30, caps, 30, 96)
+    floor = PyramidLayerBudget(beta=20).allocate([None] * 30, caps, 30, 96)
+    assert 3 * (sum(upstream) + 30 * 32) == 11_970
+    assert 3 * (sum(floor) + 30 * 32) == 11_478 <= 11_520
+
+
+def test_pyramid_rejects_unknown_schedule_and_missing_window():
+    with pytest.raises(ValueError, match="schedule"):
+        PyramidLayerBudget(schedule="linear")
+    with pytest.raises(ValueError, match="window"):
+        PyramidLayerBudget(schedule="upstream")
+
+
 def assert_budgets_match(got: list[int], ref: list[int], integral: set[int]) -> None:
     """Equal to the exact reference, except that a layer whose exact share is an integer may come out
     one lower (float rounding; see test_proportional_exact_integer_shares_are_not_lost below)."""
@@ -236,9 +291,13 @@ def assert_budgets_match(got: list[int], ref: list[int], integral: set[int]) -> 
         assert g == r or (index in integral and g == r - 1), (index, got, ref)
 
 
-@pytest.mark.parametrize("cls", [ProportionalLayerBudget, EntropyLayerBudget, PreferenceLayerBudget])
+@pytest.mark.parametrize(
+    "make",
+    [ProportionalLayerBudget, EntropyLayerBudget, lambda: PreferenceLayerBudget(redistribute="proportional")],
+    ids=["proportional", "entropy", "preference-proportional"],
+)
 @pytest.mark.parametrize("seed", range(40))
-def test_proportional_water_filling_matches_exact_reference(cls, seed):
+def test_proportional_water_filling_matches_exact_reference(make, seed):
     rng = random.Random(seed)
     num_layers = rng.randint(2, 24)
     b = rng.randint(1, 120)
@@ -247,7 +306,7 @@ def test_proportional_water_filling_matches_exact_reference(cls, seed):
     else:
         caps = [rng.randint(b, 3 * b)] * num_layers
     stats = _random_stats(rng, num_layers)
-    got = cls().allocate(stats, caps, num_layers, b)
+    got = make().allocate(stats, caps, num_layers, b)
     ref, integral = ref_proportional_detail(stats, caps, num_layers, b)
     assert_budgets_match(got, ref, integral)
     assert all(0 <= x <= cap for x, cap in zip(got, caps, strict=True))
@@ -300,7 +359,7 @@ def test_proportional_exact_integer_shares_are_not_lost(stats, caps, num_layers,
 
 @pytest.mark.parametrize("seed", range(10))
 def test_proportional_online_budgets_only_shrink(seed):
-    """LAVa's online scheme (spec 1.4): after each layer the whole total is shared among the layers seen,
+    """LAVa's online scheme: after each layer the whole total is shared among the layers seen,
     so the budget of an earlier layer never grows as later layers arrive."""
     rng = random.Random(100 + seed)
     num_layers = rng.randint(2, 30)
@@ -385,19 +444,32 @@ METHODS = {
         UniformLayerBudget,
         lambda: FlatHeadBudget(0.2, "exact"),
     ),
+    "pyramidkv_upstream": (
+        lambda: SnapKVScorer(7, "max", "mean"),
+        lambda: PyramidLayerBudget(beta=20, schedule="upstream", window=0),  # window set by build_method
+        UniformHeadBudget,
+    ),
     "cake": (lambda: CakeScorer(200.0, 5, "avg", 1.6, 0.4), PreferenceLayerBudget, UniformHeadBudget),
+    "cake_proportional": (
+        lambda: CakeScorer(200.0, 5, "avg", 1.6, 0.4),
+        lambda: PreferenceLayerBudget(redistribute="proportional"),
+        UniformHeadBudget,
+    ),
     "lava": (LavaScorer, EntropyLayerBudget, lambda: FlatHeadBudget(0.2, "exact")),
     "lava_upstream_floor": (LavaScorer, EntropyLayerBudget, lambda: FlatHeadBudget(0.2, "upstream")),
     "lava_layer_only": (LavaScorer, EntropyLayerBudget, UniformHeadBudget),
     "lava_head_only": (LavaScorer, UniformLayerBudget, lambda: FlatHeadBudget(0.2, "exact")),
     "streamingllm": (lambda: SinkRecencyScorer(4), UniformLayerBudget, UniformHeadBudget),
 }
-SNAPKV_FAMILY = {"snapkv", "pyramidkv", "adakv"}  # GQA mean, then max pooling
+SNAPKV_FAMILY = {"snapkv", "pyramidkv", "pyramidkv_upstream", "adakv"}  # GQA mean, then max pooling
 
 
 def build_method(name: str, budget: int, window: int) -> CompressionMethod:
     scorer, layers, heads = METHODS[name]
-    return CompressionMethod(name, budget, window, scorer(), layers(), heads())
+    method = CompressionMethod(name, budget, window, scorer(), layers(), heads())
+    if getattr(method.layer_allocator, "window", None) is not None:  # the upstream schedule's window
+        method.layer_allocator.window = window
+    return method
 
 
 def ref_layer_scores(
@@ -411,13 +483,13 @@ def ref_layer_scores(
     probs = ref_window_attention(q, k, scaling)
     if name in SNAPKV_FAMILY:
         return ref_snapkv(probs, hkv, prefix, 7, "max", "mean"), None
-    if name == "cake":
+    if name.startswith("cake"):
         return ref_cake(probs, hkv, prefix, 200.0, 5, 1.6, 0.4)
     return ref_lava(probs, v, prefix, 7, "max", "max")
 
 
 def ref_pipeline(name: str, layers: list, budget: int, window: int, scaling: float) -> dict:
-    """Spec 1.6 (one-shot form): scores -> layer budgets -> head caps -> kept positions, for every layer."""
+    """The one-shot form of every method: scores -> layer budgets -> head caps -> kept positions, for every layer."""
     n = len(layers[0][1][0])
     hkv = len(layers[0][1])
     num_layers = len(layers)
@@ -432,6 +504,10 @@ def ref_pipeline(name: str, layers: list, budget: int, window: int, scaling: flo
         budgets = ref_uniform_layers(caps_layer, b)
     elif name == "pyramidkv":
         budgets = ref_pyramid(caps_layer, num_layers, b, 20)
+    elif name == "pyramidkv_upstream":
+        budgets = ref_pyramid_upstream(prefix, num_layers, b, 20, window)
+    elif name == "cake":
+        budgets = ref_cake_adjust_budgets(stats, prefix, num_layers, b)
     else:
         budgets = ref_proportional(stats, caps_layer, num_layers, b)
     out_caps, kept = [], []

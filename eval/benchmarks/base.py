@@ -118,6 +118,15 @@ class Benchmark(ABC):
         """Write extra files (plots, tables) into the run folder; return their paths."""
         return []
 
+    def requested_prompt_tokens(self, ctx: PromptContext) -> int | None:
+        """The longest prompt, in tokens, this benchmark's config asks for, computed from the config
+        alone (no sample is generated), or None when the benchmark fits its prompts to the model itself.
+
+        The runner refuses a run whose value exceeds ``model.max_context`` before any work, unless the
+        user passes ``allow_beyond_context=true``.
+        """
+        return None
+
 
 def default_aggregate(records: Sequence[dict[str, Any]], headline: str) -> dict[str, Any]:
     """Mean of each metric overall and per task; ``score`` is the mean of ``headline``."""

@@ -119,6 +119,10 @@ class InfiniteBench(Benchmark):
         """Token limit of the whole prompt: ``max_length``, else the model's prompt window."""
         return int(self.max_length or ctx.max_prompt_tokens)
 
+    def requested_prompt_tokens(self, ctx: PromptContext) -> int:
+        """Prompts are middle-truncated (or generated) to :meth:`prompt_length` tokens."""
+        return self.prompt_length(ctx)
+
     def examples(self, task: str, ctx: PromptContext) -> Iterable[Example]:
         """Rows of ``task`` from the configured source, in a fixed order."""
         if self.source == "local":

@@ -84,6 +84,10 @@ class Ruler(Benchmark):
             raise UserError(f"bench.num_samples must be positive, got {self.num_samples}")
         self.num_samples = int(self.num_samples)
 
+    def requested_prompt_tokens(self, ctx: PromptContext) -> int:
+        """The longest target length: a sample's input plus its generation fits inside it."""
+        return max(self.lengths)
+
     # ----------------------------------------------------------------------------------- samples
     def samples(self, ctx: PromptContext) -> Iterator[Sample]:
         # The runner wraps only when the sample, the model config and the tokenizer all allow it.
