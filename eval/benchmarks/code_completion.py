@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.benchmarks.base import Benchmark, PromptContext, Sample
+from eval.benchmarks.base import Benchmark, PromptContext, Sample, default_aggregate
 from eval.benchmarks.longbench_tasks import max_new_tokens, prompt_templates
-from eval.metrics.longbench import score_prediction
+from eval.metrics.longbench import score_prediction, task_score
 from lava.errors import UserError
 
 CODE_PACKAGE = "docutils"
@@ -289,6 +289,13 @@ class CodeCompletion(Benchmark):
     def score(self, record: dict[str, Any]) -> dict[str, float]:
         """``{"score": s}``: LongBench's code_sim_score in [0, 1] (tables show 100 x the mean)."""
         return {"score": float(score_prediction(LCC_TASK, record["prediction"], record["references"]))}
+
+    def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Means as usual, but the headline ``score`` on LongBench's scale: ``round(100 * mean, 2)``."""
+        out = default_aggregate(records, self.headline_metric())
+        out["score"] = task_score([r["scores"]["score"] for r in records])
+        out["score_scale"] = "0-100 (LongBench task score)"
+        return out
 
 
 def _last_lines_within(lines: Sequence[str], tokenizer: Any, max_tokens: int) -> int:
