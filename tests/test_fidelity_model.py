@@ -59,8 +59,12 @@ def tiny(request):
 
 def methods(budget: int) -> list[CompressionMethod]:
     return [
-        CompressionMethod("snapkv", budget, WINDOW, SnapKVScorer(), UniformLayerBudget(), UniformHeadBudget()),
-        CompressionMethod("pyramidkv", budget, WINDOW, SnapKVScorer(), PyramidLayerBudget(), UniformHeadBudget()),
+        CompressionMethod(
+            "snapkv", budget, WINDOW, SnapKVScorer(), UniformLayerBudget(), UniformHeadBudget()
+        ),
+        CompressionMethod(
+            "pyramidkv", budget, WINDOW, SnapKVScorer(), PyramidLayerBudget(), UniformHeadBudget()
+        ),
         CompressionMethod("adakv", budget, WINDOW, SnapKVScorer(), UniformLayerBudget(), FlatHeadBudget(0.2)),
         CompressionMethod("lava", budget, WINDOW, LavaScorer(), EntropyLayerBudget(), FlatHeadBudget(0.2)),
     ]

@@ -1,14 +1,18 @@
 """Per-sample fidelity work: the full-cache reference of a continuation, and its comparison with a cache.
 
-The two functions the benchmark (and a sweep, which prefills once per sample for many caches) call::
+For one cache (what the benchmark does, one prefill in all)::
 
-    reference = full_reference(model, prompt_ids, continuation_ids)   # once per sample
-    cache = method.make_cache(model, max_new_tokens=m)
-    model(input_ids=prompt_ids[None], **cache_kwargs(model, cache))   # prefill + compression
-    scores = compare(model, reference, cache)                         # per (method, budget)
+    scores, seconds = measure(model, prompt_ids, continuation_ids, method.make_cache(model, m))
 
-``continuation_ids`` holds ``m + 1`` true tokens: the first ``m`` are teacher-forced (the ``m``
-compared positions), and the token after each of them is the target of the NLL.
+For many caches of one sample (a sweep that prefills once and builds every method's cache)::
+
+    full = prefill_with_full_copy(model, prompt_ids, any_cache)       # or any DynamicCache of the prompt
+    reference = reference_from_full_cache(model, full, n, continuation_ids)
+    scores = compare(model, reference, cache)                          # per (method, budget), cache prefilled
+
+(:func:`full_reference` does the first two from the prompt ids alone.) ``continuation_ids`` holds
+``m + 1`` true tokens: the first ``m`` are teacher-forced in one forward (the ``m`` compared
+positions), and the token after each of them is the target of the NLL.
 
 The reference runs the full cache (a ``DynamicCache``) through an attention function that records,
 per layer, the continuation's post-RoPE queries, keys and values and its full-cache attention
