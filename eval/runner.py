@@ -196,6 +196,13 @@ def run(cfg: DictConfig) -> RunSummary:
                 )
             stops = eos_ids + ([newline_id] if sample.stop_newline else [])
             input_ids = torch.tensor([prompt_ids], device=device)
+            # --- teacher-forced benchmarks (fidelity): scored in one prefill and two forwards, no decoding
+            if getattr(bench, "teacher_forced", False):
+                record = bench.run_sample(model, new_cache(method, model, sample.max_new_tokens), prompt_ids, sample)
+                writer.write(record)
+                new_records.append(record)
+                continue
+            # --- end teacher-forced
             cache = new_cache(method, model, sample.max_new_tokens)
             gen = greedy_generate(
                 model,

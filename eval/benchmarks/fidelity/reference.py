@@ -1,0 +1,367 @@
+"""Per-sample fidelity work: the full-cache reference of a continuation, and its comparison with a cache.
+
+For one cache (what the benchmark does, one prefill in all)::
+
+    scores, seconds = measure(model, prompt_ids, continuation_ids, method.make_cache(model, m))
+
+For many caches of one sample (a sweep that prefills once and builds every method's cache)::
+
+    full = prefill_with_full_copy(model, prompt_ids, any_cache)       # or any DynamicCache of the prompt
+    reference = reference_from_full_cache(model, full, n, continuation_ids)
+    scores = compare(model, reference, cache)                          # per (method, budget), cache prefilled
+
+(:func:`full_reference` does the first two from the prompt ids alone.) ``continuation_ids`` holds
+``m + 1`` true tokens: the first ``m`` are teacher-forced in one forward (the ``m`` compared
+positions), and the token after each of them is the target of the NLL.
+
+The reference runs the full cache (a ``DynamicCache``) through an attention function that records,
+per layer, the continuation's post-RoPE queries, keys and values and its full-cache attention
+output. :func:`compare` recomputes each layer's attention output for those same queries over what
+the compressed cache kept, so the layer's error is its own and not inherited from earlier layers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from eval.metrics.fidelity import (
+    next_token_kl,
+    packed_causal_attention,
+    relative_l2,
+    token_nll,
+    top1_agreement,
+)
+from lava.attention import lava_attention_forward
+from lava.compat import cache_kwargs
+
+CAPTURE_ATTENTION = "lava_fidelity_capture"
+_capture: dict[int, LayerCapture] | None = None  # set only inside _capturing()
+_tee: Any = None  # a DynamicCache, set only inside _teeing()
+_registered = False
+
+
+@dataclass
+class LayerCapture:
+    """One layer's full-cache attention for the continuation.
+
+    Attributes
+    ----------
+    query : Tensor, shape (Hq, m, d)
+        Post-RoPE queries of the continuation.
+    keys, values : Tensor, shape (Hkv, m, d)
+        The continuation's own post-RoPE keys and values.
+    output : Tensor, shape (m, hidden)
+        Full-cache attention output after the output projection (the layer's residual contribution).
+    scaling : float
+    module : torch.nn.Module
+        The attention module (its ``o_proj`` maps per-head outputs to the residual stream).
+    """
+
+    query: torch.Tensor
+    keys: torch.Tensor
+    values: torch.Tensor
+    output: torch.Tensor
+    scaling: float
+    module: Any
+
+
+@dataclass
+class FidelityReference:
+    """What the full cache does on one sample's continuation.
+
+    Attributes
+    ----------
+    prompt_len : int
+        Prompt tokens ``n``.
+    continuation_ids : Tensor, shape (m + 1,)
+        True continuation: the first ``m`` are fed, ``continuation_ids[1:]`` are the NLL targets.
+    logits : Tensor, shape (m, V), float32
+        Full-cache logits at the ``m`` fed positions.
+    layers : list of LayerCapture
+        One per decoder layer.
+    """
+
+    prompt_len: int
+    continuation_ids: torch.Tensor
+    logits: torch.Tensor
+    layers: list[LayerCapture]
+
+    @property
+    def m(self) -> int:
+        return int(self.continuation_ids.shape[0]) - 1
+
+
+def _project(module: Any, per_head: torch.Tensor) -> torch.Tensor:
+    """(m, Hq, d) per-head attention output -> (m, hidden) through the module's output projection."""
+    flat = per_head.reshape(per_head.shape[0], -1)
+    proj = getattr(module, "o_proj", None)
+    return flat if proj is None else proj(flat.to(proj.weight.dtype)).float()
+
+
+def _capture_attention(module: Any, query, key, value, attention_mask, **kwargs):
+    """The model's attention, plus what the fidelity reference needs from this call.
+
+    Calls routed to a :class:`lava.cache.CompressedCache` layer go to the ``"lava"`` attention, all
+    others to SDPA. While :func:`_teeing` is active, the call's full keys and values (the prefill's)
+    are copied into a plain cache; while :func:`_capturing` is active, the call's queries, new
+    keys/values and output are recorded for the layer.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if _tee is not None:
+        _tee.update(key.clone(), value.clone(), module.layer_idx)
+    if getattr(key, "_lava_layer", None) is not None:
+        out, weights = lava_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    else:
+        out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if _capture is not None:
+        m = query.shape[2]
+        scaling = kwargs.get("scaling") or module.scaling
+        _capture[module.layer_idx] = LayerCapture(
+            query=query[0].detach(),
+            keys=key[0, :, -m:].detach(),
+            values=value[0, :, -m:].detach(),
+            output=_project(module, out[0].detach()),
+            scaling=float(scaling),
+            module=module,
+        )
+    return out, weights
+
+
+def _register() -> None:
+    global _registered
+    if _registered:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(CAPTURE_ATTENTION, _capture_attention)
+    AttentionMaskInterface.register(CAPTURE_ATTENTION, sdpa_mask)
+    _registered = True
+
+
+@contextlib.contextmanager
+def _attention(model: Any, name: str) -> Iterator[None]:
+    """Run ``model`` with attention implementation ``name``, restoring the previous one afterwards."""
+    previous = getattr(model.config, "_attn_implementation", None)
+    if previous != name:
+        model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        if previous is not None and previous != name:
+            model.set_attn_implementation(previous)
+
+
+@contextlib.contextmanager
+def _capturing() -> Iterator[dict[int, LayerCapture]]:
+    global _capture
+    _capture = {}
+    try:
+        yield _capture
+    finally:
+        _capture = None
+
+
+@contextlib.contextmanager
+def _teeing(cache: Any) -> Iterator[Any]:
+    global _tee
+    _tee = cache
+    try:
+        yield cache
+    finally:
+        _tee = None
+
+
+def _as_ids(ids: Any, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(ids, dtype=torch.long, device=device).reshape(-1)
+
+
+@torch.inference_mode()
+def prefill_with_full_copy(model: Any, prompt_ids: Any, cache: Any) -> Any:
+    """Prefill ``cache`` with the prompt and return a full plain cache of it, from the same forward.
+
+    Every method's prefill attention is full, so the keys and values each layer computes are the
+    full cache's; they are copied into a ``DynamicCache`` as they pass, which spares the reference
+    its own prefill.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+    prompt_ids : sequence of int or Tensor, shape (n,)
+    cache : transformers.Cache
+        An empty cache: a method's :class:`lava.cache.CompressedCache` (compressed during this
+        prefill) or a ``DynamicCache``.
+
+    Returns
+    -------
+    transformers.DynamicCache
+        All ``n`` prompt entries of every layer and head.
+    """
+    from transformers import DynamicCache
+
+    _register()
+    device = next(model.parameters()).device
+    prompt = _as_ids(prompt_ids, device)
+    full = DynamicCache(config=model.config)
+    with _attention(model, CAPTURE_ATTENTION), _teeing(full):
+        model(input_ids=prompt[None], **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1)
+    if full.get_seq_length() != prompt.numel():
+        raise RuntimeError("the cache's prefill did not pass the full prompt keys to attention")
+    return full
+
+
+@torch.inference_mode()
+def reference_from_full_cache(
+    model: Any, full_cache: Any, prompt_len: int, continuation_ids: Any
+) -> FidelityReference:
+    """Teacher-force the continuation through a full cache of the prompt, recording each layer.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+    full_cache : transformers.DynamicCache
+        The prompt's full cache (``prompt_len`` entries per head); the continuation is appended.
+    prompt_len : int
+    continuation_ids : sequence of int or Tensor, shape (m + 1,)
+        The true continuation; its first ``m`` tokens are fed in one forward.
+    """
+    _register()
+    device = next(model.parameters()).device
+    continuation = _as_ids(continuation_ids, device)
+    if continuation.numel() < 2:
+        raise ValueError("continuation_ids needs m + 1 >= 2 tokens")
+    with _attention(model, CAPTURE_ATTENTION), _capturing() as layers:
+        out = model(input_ids=continuation[None, :-1], **cache_kwargs(model, full_cache), use_cache=True)
+    return FidelityReference(
+        prompt_len=int(prompt_len),
+        continuation_ids=continuation,
+        logits=out.logits[0].float(),
+        layers=[layers[i] for i in sorted(layers)],
+    )
+
+
+def full_reference(model: Any, prompt_ids: Any, continuation_ids: Any) -> FidelityReference:
+    """Prefill a full cache with ``prompt_ids`` and run :func:`reference_from_full_cache` on it.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        A causal LM (any attention implementation; the reference runs SDPA).
+    prompt_ids : sequence of int or Tensor, shape (n,)
+    continuation_ids : sequence of int or Tensor, shape (m + 1,)
+    """
+    from transformers import DynamicCache
+
+    full = prefill_with_full_copy(model, prompt_ids, DynamicCache(config=model.config))
+    return reference_from_full_cache(model, full, len(_as_ids(prompt_ids, "cpu")), continuation_ids)
+
+
+def kept_prompt_rows(layer: Any, prompt_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(keys (N, d), values (N, d), row_head (N,))`` of the prompt entries a cache layer keeps.
+
+    A :class:`lava.cache.CompressedLayer` stores them head after head (``prompt_keys``, ``head_lens``);
+    a plain transformers cache layer (the ``full`` method) keeps all ``prompt_len`` entries of every head.
+    """
+    if hasattr(layer, "prompt_keys"):
+        head_lens = layer.head_lens.to(layer.prompt_keys.device)
+        heads = torch.arange(head_lens.numel(), device=head_lens.device)
+        return layer.prompt_keys, layer.prompt_values, heads.repeat_interleave(head_lens)
+    keys, values = layer.keys[0, :, :prompt_len], layer.values[0, :, :prompt_len]  # (Hkv, n, d)
+    hkv, n, d = keys.shape
+    heads = torch.arange(hkv, device=keys.device).repeat_interleave(n)
+    return keys.reshape(hkv * n, d), values.reshape(hkv * n, d), heads
+
+
+@torch.no_grad()
+def layer_attention_errors(reference: FidelityReference, cache: Any) -> list[float]:
+    """Per layer: relative L2 error of the attention output over the cache's kept prompt entries.
+
+    The queries and the continuation's own keys/values come from the full-cache run, so each
+    layer sees the same inputs as under the full cache and its error is its own.
+    """
+    errors = []
+    for capture, layer in zip(reference.layers, cache.layers):
+        keys, values, row_head = kept_prompt_rows(layer, reference.prompt_len)
+        per_head = packed_causal_attention(
+            capture.query, keys, values, row_head, capture.keys, capture.values, capture.scaling
+        )  # (Hq, m, d)
+        approx = _project(capture.module, per_head.transpose(0, 1))
+        errors.append(relative_l2(approx, capture.output))
+    return errors
+
+
+@torch.inference_mode()
+def compare(model: Any, reference: FidelityReference, cache: Any) -> dict[str, Any]:
+    """Teacher-force the continuation through ``cache`` (already prefilled) and compare with the reference.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        The model that filled ``cache`` (for a compressed cache: switched to ``"lava"`` attention).
+    reference : FidelityReference
+        :func:`full_reference` of the same prompt and continuation.
+    cache : transformers.Cache
+        A cache holding the prefilled prompt: a :class:`lava.cache.CompressedCache` or, for the full
+        method, a ``DynamicCache``. The continuation is appended to it.
+
+    Returns
+    -------
+    dict
+        ``kl`` (mean KL(full || compressed), nats per position), ``top1`` (fraction of positions
+        with the same argmax), ``nll_delta`` (mean NLL of the true next tokens, compressed minus
+        full), ``attn_err`` (mean over layers) and ``attn_err_per_layer`` (list, one per layer).
+    """
+    layer_errors = layer_attention_errors(reference, cache)  # before the forward appends to the cache
+    fed = reference.continuation_ids[None, :-1]
+    logits = model(input_ids=fed, **cache_kwargs(model, cache), use_cache=True).logits[0].float()
+    targets = reference.continuation_ids[1:]
+    nll_delta = token_nll(logits, targets) - token_nll(reference.logits, targets)
+    return {
+        "kl": float(next_token_kl(reference.logits, logits).mean()),
+        "top1": float(top1_agreement(reference.logits, logits).mean()),
+        "nll_delta": float(nll_delta.mean()),
+        "attn_err": sum(layer_errors) / len(layer_errors),
+        "attn_err_per_layer": layer_errors,
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(
+    model: Any, prompt_ids: Any, continuation_ids: Any, cache: Any
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """One sample under one cache: a single prefill serves both the cache and the full reference.
+
+    Returns
+    -------
+    scores : dict
+        :func:`compare`'s output.
+    seconds : dict
+        ``prefill_seconds`` (prefill and compression), ``reference_seconds`` (the full cache's
+        teacher-forced pass), ``decode_seconds`` (the cache's teacher-forced pass and the metrics).
+    """
+    import time
+
+    device = next(model.parameters()).device
+    _sync(device)
+    t0 = time.perf_counter()
+    full = prefill_with_full_copy(model, prompt_ids, cache)
+    _sync(device)
+    t1 = time.perf_counter()
+    reference = reference_from_full_cache(model, full, full.get_seq_length(), continuation_ids)
+    del full
+    _sync(device)
+    t2 = time.perf_counter()
+    scores = compare(model, reference, cache)
+    _sync(device)
+    t3 = time.perf_counter()
+    return scores, {"prefill_seconds": t1 - t0, "reference_seconds": t2 - t1, "decode_seconds": t3 - t2}

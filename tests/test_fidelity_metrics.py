@@ -1,0 +1,134 @@
+"""Fidelity metrics against hand-computed values and loop-based float64 references."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from eval.benchmarks.fidelity.reference import FidelityReference, LayerCapture, layer_attention_errors
+from eval.metrics.fidelity import (
+    LOWER_IS_BETTER,
+    next_token_kl,
+    packed_causal_attention,
+    relative_l2,
+    token_nll,
+    top1_agreement,
+)
+
+
+def test_kl_hand_computed():
+    full = torch.log(torch.tensor([[0.5, 0.5], [0.1, 0.9]]))
+    comp = torch.log(torch.tensor([[0.25, 0.75], [0.1, 0.9]]))
+    kl = next_token_kl(full, comp)
+    expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert kl[0].item() == pytest.approx(expected, abs=1e-7)
+    assert kl[1].item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_kl_matches_float64_loop_on_random_logits():
+    gen = torch.Generator().manual_seed(0)
+    full = torch.randn(7, 301, generator=gen) * 4
+    comp = full + torch.randn(7, 301, generator=gen)
+    got = next_token_kl(full, comp)
+    for i in range(7):
+        f = full[i].double().numpy()
+        c = comp[i].double().numpy()
+        p = np.exp(f - f.max()) / np.exp(f - f.max()).sum()
+        q = np.exp(c - c.max()) / np.exp(c - c.max()).sum()
+        assert got[i].item() == pytest.approx(
+            float(sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))), rel=1e-9
+        )
+    assert (got > 0).all()
+
+
+def test_top1_and_nll_hand_computed():
+    full = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]])
+    comp = torch.tensor([[0.0, 1.0, 2.0], [3.0, 1.0, 0.0]])
+    assert top1_agreement(full, comp).tolist() == [0.0, 1.0]
+    logits = torch.tensor([[0.0, math.log(3.0)]])  # p = (1/4, 3/4)
+    assert token_nll(logits, torch.tensor([1])).item() == pytest.approx(-math.log(0.75))
+    assert token_nll(logits, torch.tensor([0])).item() == pytest.approx(math.log(4.0))
+
+
+def test_relative_l2_hand_computed():
+    exact = torch.tensor([[3.0, 4.0]])
+    assert relative_l2(torch.tensor([[3.0, 5.0]]), exact) == pytest.approx(0.2)
+    assert relative_l2(exact, exact) == 0.0
+    assert relative_l2(torch.zeros(2), torch.zeros(2)) == 0.0
+
+
+def test_lower_is_better_marks_the_error_metrics():
+    assert LOWER_IS_BETTER == {"kl", "nll_delta", "attn_err"}
+
+
+def _random_packed_cache(gen, hkv, n, d, keep_prob):
+    """Dense (Hkv, n, d) keys/values, a random keep mask, and the kept rows packed head after head."""
+    keys = torch.randn(hkv, n, d, generator=gen)
+    values = torch.randn(hkv, n, d, generator=gen)
+    keep = torch.rand(hkv, n, generator=gen) < keep_prob
+    keep[:, -1] = True  # every head keeps something
+    heads, pos = keep.nonzero(as_tuple=True)
+    return keys, values, keep, keys[heads, pos], values[heads, pos], heads
+
+
+def _dense_attention_float64(query, keys, values, keep, new_keys, new_values, scaling):
+    """Loop over heads and positions, float64, masks applied by hand (independent of the packed code)."""
+    hq, m, d = query.shape
+    hkv = keys.shape[0]
+    out = np.zeros((hq, m, d))
+    for h in range(hq):
+        g = h // (hq // hkv)
+        for i in range(m):
+            ks = [keys[g, p].double().numpy() for p in range(keys.shape[1]) if keep[g, p]]
+            vs = [values[g, p].double().numpy() for p in range(keys.shape[1]) if keep[g, p]]
+            ks += [new_keys[g, j].double().numpy() for j in range(i + 1)]
+            vs += [new_values[g, j].double().numpy() for j in range(i + 1)]
+            q = query[h, i].double().numpy()
+            logits = np.array([q @ k for k in ks]) * scaling
+            w = np.exp(logits - logits.max())
+            w /= w.sum()
+            out[h, i] = sum(wi * vi for wi, vi in zip(w, vs))
+    return out
+
+
+def test_packed_causal_attention_matches_dense_float64():
+    gen = torch.Generator().manual_seed(1)
+    hq, hkv, n, m, d = 6, 2, 23, 5, 8
+    keys, values, keep, pk, pv, heads = _random_packed_cache(gen, hkv, n, d, 0.5)
+    perm = torch.randperm(pk.shape[0], generator=gen)  # row order must not matter
+    query = torch.randn(hq, m, d, generator=gen)
+    nk, nv = torch.randn(hkv, m, d, generator=gen), torch.randn(hkv, m, d, generator=gen)
+    got = packed_causal_attention(query, pk[perm], pv[perm], heads[perm], nk, nv, d**-0.5)
+    want = _dense_attention_float64(query, keys, values, keep, nk, nv, d**-0.5)
+    np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_attn_err_matches_dense_float64_on_random_per_head_caches():
+    """layer_attention_errors on a fake compressed layer vs dense masked attention in float64."""
+    gen = torch.Generator().manual_seed(2)
+    hq, hkv, n, m, d = 4, 2, 31, 6, 8
+    proj = torch.nn.Linear(hq * d, 16, bias=False)
+    module = SimpleNamespace(o_proj=proj)
+    captures, layers, expected = [], [], []
+    for keep_prob in (0.3, 0.8, 1.0):
+        keys, values, keep, pk, pv, heads = _random_packed_cache(gen, hkv, n, d, keep_prob)
+        query = torch.randn(hq, m, d, generator=gen)
+        nk, nv = torch.randn(hkv, m, d, generator=gen), torch.randn(hkv, m, d, generator=gen)
+        everything = torch.ones_like(keep)
+        w = proj.weight.detach().double().numpy()
+        full = _dense_attention_float64(query, keys, values, everything, nk, nv, d**-0.5)
+        kept = _dense_attention_float64(query, keys, values, keep, nk, nv, d**-0.5)
+        o_full = full.transpose(1, 0, 2).reshape(m, hq * d) @ w.T
+        o_kept = kept.transpose(1, 0, 2).reshape(m, hq * d) @ w.T
+        expected.append(np.linalg.norm(o_kept - o_full) / np.linalg.norm(o_full))
+        captures.append(LayerCapture(query, nk, nv, torch.from_numpy(o_full).float(), d**-0.5, module))
+        head_lens = torch.bincount(heads, minlength=hkv)
+        layers.append(SimpleNamespace(prompt_keys=pk, prompt_values=pv, head_lens=head_lens))
+    reference = FidelityReference(n, torch.zeros(m + 1, dtype=torch.long), torch.zeros(m, 5), captures)
+    got = layer_attention_errors(reference, SimpleNamespace(layers=layers))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    assert got[2] == pytest.approx(0.0, abs=1e-6) and got[0] > got[1] > 0
