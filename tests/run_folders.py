@@ -1,0 +1,70 @@
+"""Synthetic run folders, laid out exactly as ``eval.runner.run`` writes them, for the report tests."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from eval.benchmarks.base import default_aggregate
+
+
+def make_run(
+    root: Path,
+    *,
+    bench: str,
+    method: str,
+    budget: int | None,
+    scores: Sequence[tuple[str, str, dict[str, float]]],
+    model: str = "tiny",
+    aggregate: Any = None,
+    headline: str = "score",
+    kept: np.ndarray | None = None,
+    commit: str = "abcdef1234567890",
+    extra_scores: dict[str, Any] | None = None,
+    meta: Sequence[dict[str, Any]] | None = None,
+    digest: str = "0123abcd",
+) -> Path:
+    """One run folder; ``scores`` lists ``(sample id, task, per-sample metrics)``.
+
+    ``budget=None`` makes a budget-less folder name (``full-<hash>``), as the sweep writes.
+    ``aggregate`` maps records to scores.json (default: the base benchmark's mean per task).
+    """
+    name = f"{method}-{digest}" if budget is None else f"{method}-b{budget}-{digest}"
+    run_dir = Path(root) / model / bench / name
+    run_dir.mkdir(parents=True)
+    records = [
+        {
+            "id": sid,
+            "task": task,
+            "prediction": "",
+            "references": [],
+            "meta": dict(meta[i]) if meta else {},
+            "scores": dict(values),
+        }
+        for i, (sid, task, values) in enumerate(scores)
+    ]
+    if kept is not None:
+        for record, array in zip(records, kept):
+            record["kept_per_head"] = np.asarray(array).tolist()
+        np.save(run_dir / "kept_per_head.npy", np.asarray(kept, dtype=np.int64))
+    with (run_dir / "predictions.jsonl").open("w") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+    summary = aggregate(records) if aggregate else default_aggregate(records, headline)
+    summary.update(extra_scores or {})
+    (run_dir / "scores.json").write_text(json.dumps(summary))
+    config = {
+        "model": {"name": model},
+        "method": {"name": method},
+        "bench": {"name": bench},
+        "budget": 64 if budget is None else budget,
+        "seed": 42,
+    }
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    (run_dir / "run_meta.json").write_text(json.dumps({"git": {"commit": commit, "dirty": False}}))
+    return run_dir
