@@ -55,7 +55,11 @@ def make_run(
     with (run_dir / "predictions.jsonl").open("w") as handle:
         for record in records:
             handle.write(json.dumps(record) + "\n")
-    summary = aggregate(records) if aggregate else default_aggregate(records, headline)
+    if aggregate is None:  # the base benchmark's means, list-valued per-sample fields left out
+        numeric = [{**r, "scores": {k: v for k, v in r["scores"].items() if not isinstance(v, list)}} for r in records]
+        summary = default_aggregate(numeric, headline)
+    else:
+        summary = aggregate(records)
     summary.update(extra_scores or {})
     (run_dir / "scores.json").write_text(json.dumps(summary))
     config = {
