@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from eval.collect import FULL_METHOD, Run, find_runs
+from eval.collect import FULL_METHOD, Run, RunSource, as_runs
 from eval.stats import paired_bootstrap_ci, separated
 from eval.tables import (
     average_weights,
@@ -271,9 +271,9 @@ def claims_markdown(claims: Sequence[Claim], header: Sequence[str] = ()) -> str:
     return "\n".join(lines)
 
 
-def write_claims(root: Path, out: Path, profile: str | None = None) -> list[Path]:
-    """``out/claims.md`` and ``out/claims.csv`` from the runs under ``root``."""
-    runs = find_runs(root)
+def write_claims(source: RunSource, out: Path, profile: str | None = None) -> list[Path]:
+    """``out/claims.md`` and ``out/claims.csv`` from ``source`` (an output root or runs)."""
+    runs = as_runs(source)
     claims = judge_claims(runs)
     commits = sorted({c for c in (r.commit for r in runs) if c})
     header = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -181,7 +182,17 @@ def find_runs(root: Path) -> list[Run]:
     return [runs[k] for k in sorted(runs, key=lambda k: (k[0], k[1], k[2], -1 if k[3] is None else k[3]))]
 
 
-def tidy_frame(runs: list[Run]) -> pd.DataFrame:
+RunSource = Path | str | Sequence[Run]
+
+
+def as_runs(source: RunSource) -> list[Run]:
+    """Runs from an output root (searched with :func:`find_runs`) or an explicit list of runs."""
+    if isinstance(source, (str, Path)):
+        return find_runs(Path(source))
+    return list(source)
+
+
+def tidy_frame(runs: Sequence[Run]) -> pd.DataFrame:
     """One row per run x task x metric (numeric per-task entries of scores.json, plus ``all``).
 
     The ``all`` task holds the run's headline ``score`` and, where the benchmark reports them,
@@ -214,7 +225,10 @@ def tidy_frame(runs: list[Run]) -> pd.DataFrame:
                         "value": float(value),
                         "num_samples": entry.get("num_samples"),
                         "headline": metric == run.headline or (metric == "score" and task == "all"),
-                        "lower_is_better": is_lower_better(metric, run.scores),
+                        # the overall ``score`` is the headline metric's value, with its direction
+                        "lower_is_better": run.lower_is_better
+                        if (metric == "score" and task == "all")
+                        else is_lower_better(metric, run.scores),
                     }
                 )
     frame = pd.DataFrame(rows, columns=TIDY_COLUMNS)
@@ -223,9 +237,10 @@ def tidy_frame(runs: list[Run]) -> pd.DataFrame:
     return frame
 
 
-def write_tidy_csv(root: Path, path: Path) -> Path:
-    """Gather every run under ``root`` into ``path`` (the ``collect`` step)."""
-    frame = tidy_frame(find_runs(root))
+def write_tidy_csv(source: RunSource, path: Path) -> Path:
+    """Gather every run of ``source`` (an output root or runs) into one CSV (the ``collect`` step)."""
+    frame = tidy_frame(as_runs(source))
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False, float_format="%.6g")
+    path.write_text(frame.to_csv(index=False, float_format="%.6g", lineterminator="\n"), encoding="utf-8")
     return path

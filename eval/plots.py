@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 
-from eval.collect import FULL_METHOD, Run, find_runs  # noqa: E402
+from eval.collect import FULL_METHOD, Run, RunSource, as_runs  # noqa: E402
 from eval.tables import AVERAGE, BenchTable, build_tables, group_runs, method_rank, summary_table  # noqa: E402
 
 # gkamradt / PyramidKV NIAH colours: red -> yellow -> green.
@@ -365,15 +365,15 @@ def perf_bars(perf_csv: Path, path: Path) -> Path | None:
 
 
 def write_figures(
-    root: Path, out: Path, perf_csv: Path | None = None, profile: str | None = None
+    source: RunSource, out: Path, perf_csv: Path | None = None, profile: str | None = None
 ) -> list[Path]:
-    """Every figure of the runs under ``root`` into ``out`` (one model: flat; several: ``out/<model>/``).
+    """Every figure of ``source`` (an output root or runs) into ``out``; several models: ``out/<model>/``.
 
     Per benchmark ``<bench>_vs_budget.png`` (and for NIAH ``niah_grid.png``; where kept arrays
     exist ``<bench>_budget_heads.png`` and ``<bench>_budget_layers.png``; for per-layer attention
     errors ``<bench>_attn_err.png``), ``summary_ranks.png``, and ``perf.png`` from ``perf_csv``.
     """
-    runs = find_runs(root)
+    runs = as_runs(source)
     tables = build_tables(runs, profile)
     groups = group_runs(runs)
     models = sorted({t.model for t in tables})

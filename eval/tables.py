@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from eval.collect import FULL_METHOD, PERCENT_BENCHES, Run, find_runs
+from eval.collect import FULL_METHOD, PERCENT_BENCHES, Run, RunSource, as_runs
 from eval.stats import bootstrap_ci
 
 METHOD_ORDER = (
@@ -430,13 +430,13 @@ def build_tables(runs: Sequence[Run], profile: str | None = None) -> list[BenchT
     return [bench_table(group, profile) for group in group_runs(runs).values()]
 
 
-def write_tables(root: Path, out: Path, profile: str | None = None) -> list[Path]:
-    """Every benchmark table and the summary of the runs under ``root`` into ``out``.
+def write_tables(source: RunSource, out: Path, profile: str | None = None) -> list[Path]:
+    """Every benchmark table and the summary of ``source`` (an output root or runs) into ``out``.
 
     One model: ``out/<bench>.{csv,md}`` and ``out/summary.{csv,md}``; several models: the same
     inside ``out/<model>/``.
     """
-    runs = find_runs(root)
+    runs = as_runs(source)
     tables = build_tables(runs, profile)
     models = sorted({t.model for t in tables})
     written: list[Path] = []

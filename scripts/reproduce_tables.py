@@ -4,31 +4,33 @@
     python scripts/reproduce_tables.py --bench niah    # one bench of the profile
 
 Each (bench, method, budget) is an ordinary run folder under ``--output-root`` (resumable: a
-killed sweep continues where it stopped); the tables are rebuilt from their ``scores.json``.
+killed sweep continues where it stopped); tables, figures and claims are rebuilt from the run folders (:func:`write_results`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
 import yaml
 from hydra import compose, initialize_config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from eval.plots import plt  # noqa: E402  (headless backend set there)
+from eval.claims import write_claims  # noqa: E402
+from eval.collect import Run, load_run, write_tidy_csv  # noqa: E402
+from eval.plots import write_figures  # noqa: E402
 from eval.runner import run, run_dir_for  # noqa: E402
-from eval.tables import markdown_table  # noqa: E402
+from eval.tables import write_tables  # noqa: E402
 from lava.errors import UserError  # noqa: E402
 
 
-def sweep(profile: dict, benches: list[str], output_root: Path) -> pd.DataFrame:
-    rows = []
+def sweep(profile: dict, benches: list[str], output_root: Path) -> list[Run]:
+    """Run (or resume) every (bench, method, budget) of the profile; the full cache once per bench."""
+    runs = []
     for bench in benches:
         for method in profile["methods"]:
             budgets = profile["budgets"] if method != "full" else profile["budgets"][:1]
@@ -42,38 +44,21 @@ def sweep(profile: dict, benches: list[str], output_root: Path) -> pd.DataFrame:
                 ]
                 with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
                     cfg = compose(config_name="config", overrides=overrides)
-                summary = run(cfg)
-                scores = json.loads((run_dir_for(cfg) / "scores.json").read_text())
-                for b in budgets if method == "full" else [budget]:
-                    rows.append(
-                        {
-                            "bench": bench,
-                            "method": method,
-                            "budget": b,
-                            "score": summary.score,
-                            "per_task": scores.get("per_task", {}),
-                            "run_dir": str(summary.run_dir),
-                        }
-                    )
-    return pd.DataFrame(rows)
+                run(cfg)
+                runs.append(load_run(run_dir_for(cfg)))
+    return runs
 
 
-def write_tables(df: pd.DataFrame, out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for bench, part in df.groupby("bench"):
-        table = part.pivot_table(index="method", columns="budget", values="score").round(4)
-        table.to_csv(out / f"{bench}.csv")
-        (out / f"{bench}.md").write_text(markdown_table(table, digits=4))
-        fig, ax = plt.subplots(figsize=(8, 4))
-        table.plot.bar(ax=ax)
-        ax.set_ylabel("score")
-        ax.set_title(f"{bench}: score by method and budget (SmolLM2-135M, CPU)")
-        fig.tight_layout()
-        fig.savefig(out / f"{bench}.png", dpi=110)
-        plt.close(fig)
-        written += [out / f"{bench}.csv", out / f"{bench}.md", out / f"{bench}.png"]
-    return written
+def write_results(
+    runs: Sequence[Run], results: Path, profile: str, perf_csv: Path | None = None
+) -> list[Path]:
+    """Every table, figure and claim of ``runs`` under ``results`` (tables/, figures/, claims.md, runs.csv)."""
+    return [
+        *write_tables(runs, results / "tables", profile),
+        *write_figures(runs, results / "figures", perf_csv=perf_csv, profile=profile),
+        *write_claims(runs, results, profile),
+        write_tidy_csv(runs, results / "runs.csv"),
+    ]
 
 
 def main() -> None:
@@ -83,7 +68,10 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, default=REPO / "configs" / "sweep" / "cpu.yaml")
     parser.add_argument("--bench", action="append", help="bench(es) of the profile to run (default: all)")
     parser.add_argument("--output-root", type=Path, default=REPO / "outputs" / "reproduce")
-    parser.add_argument("--results", type=Path, default=REPO / "results" / "tables")
+    parser.add_argument("--results", type=Path, default=REPO / "results", help="tables/, figures/, claims.md")
+    parser.add_argument(
+        "--perf", type=Path, default=REPO / "results" / "perf" / "perf.csv", help="make bench-perf's CSV"
+    )
     args = parser.parse_args()
     profile = yaml.safe_load(args.profile.read_text())
     benches = args.bench or profile.get("default_benches", list(profile["benches"]))
@@ -91,11 +79,11 @@ def main() -> None:
     try:
         if unknown:
             raise UserError(f"unknown bench(es) {unknown}; the profile has {sorted(profile['benches'])}")
-        df = sweep(profile, benches, args.output_root)
+        runs = sweep(profile, benches, args.output_root)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    for path in write_tables(df, args.results):
+    for path in write_results(runs, args.results, args.profile.stem, args.perf):
         print(path)
 
 
