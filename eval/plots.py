@@ -301,17 +301,27 @@ def _per_layer(record: dict[str, Any]) -> list[float] | None:
     return None
 
 
+def layer_errors(run: Run) -> np.ndarray | None:
+    """Mean over samples of ``attn_err_per_layer``, shape (layers,); None when absent or ragged."""
+    rows = [v for v in (_per_layer(r) for r in run.records) if v is not None]
+    if not rows or len({len(v) for v in rows}) != 1:
+        return None
+    return np.mean(np.asarray(rows, dtype=np.float64), axis=0)
+
+
 def attn_err_curves(runs: Sequence[Run], path: Path) -> Path | None:
     """Fidelity: mean per-layer attention-output error over samples, a line per method, a panel per budget.
 
     Reads a list-valued ``attn_err_per_layer`` from each record's scores or meta; returns None (no
     figure) when no run has it.
     """
-    curves = []
-    for run in runs:
-        rows = [v for v in (_per_layer(r) for r in run.records) if v is not None]
-        if rows and run.budget is not None and len({len(v) for v in rows}) == 1:
-            curves.append((run, np.mean(np.asarray(rows), axis=0)))
+    curves = [
+        (run, curve)
+        for run in runs
+        if run.budget is not None
+        for curve in [layer_errors(run)]
+        if curve is not None
+    ]
     if not curves:
         return None
     budgets = sorted({r.budget for r, _ in curves})

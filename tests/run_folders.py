@@ -56,7 +56,10 @@ def make_run(
         for record in records:
             handle.write(json.dumps(record) + "\n")
     if aggregate is None:  # the base benchmark's means, list-valued per-sample fields left out
-        numeric = [{**r, "scores": {k: v for k, v in r["scores"].items() if not isinstance(v, list)}} for r in records]
+        numeric = [
+            {**r, "scores": {k: v for k, v in r["scores"].items() if not isinstance(v, list)}}
+            for r in records
+        ]
         summary = default_aggregate(numeric, headline)
     else:
         summary = aggregate(records)
@@ -72,3 +75,45 @@ def make_run(
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     (run_dir / "run_meta.json").write_text(json.dumps({"git": {"commit": commit, "dirty": False}}))
     return run_dir
+
+
+def per_sample(
+    task: str, values: Sequence[float], metric: str = "score"
+) -> list[tuple[str, str, dict[str, float]]]:
+    """``(id, task, {metric: v})`` for each value; ids ``<task>0``, ``<task>1``, ..."""
+    return [(f"{task}{i}", task, {metric: float(v)}) for i, v in enumerate(values)]
+
+
+def toy_root(root: Path) -> Path:
+    """Two tasks, two budgets, full cache budget-less. Hand-computed tables in test_tables.py."""
+    make_run(
+        root,
+        bench="toy",
+        method="full",
+        budget=None,
+        scores=per_sample("a", [1, 1]) + per_sample("b", [1, 0]),
+    )
+    make_run(
+        root,
+        bench="toy",
+        method="snapkv",
+        budget=64,
+        scores=per_sample("a", [1, 0]) + per_sample("b", [0, 0]),
+    )
+    make_run(
+        root, bench="toy", method="lava", budget=64, scores=per_sample("a", [1, 1]) + per_sample("b", [0, 1])
+    )
+    make_run(
+        root,
+        bench="toy",
+        method="snapkv",
+        budget=128,
+        scores=per_sample("a", [1, 1]) + per_sample("b", [1, 0]),
+    )
+    make_run(
+        root, bench="toy", method="lava", budget=128, scores=per_sample("a", [1, 0]) + per_sample("b", [1, 1])
+    )
+    for method, kl in (("full", 0.0), ("snapkv", 0.5), ("lava", 0.2)):
+        scores = per_sample("code", [kl, kl + 0.1], metric="kl")
+        make_run(root, bench="fid", method=method, budget=64, scores=scores, headline="kl")
+    return root
