@@ -18,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -115,6 +116,15 @@ class Run:
             for task, entry in (self.scores.get("per_task") or {}).items()
             if isinstance(entry, dict)
         }
+
+
+def kept_mean(run: Run) -> np.ndarray | None:
+    """Mean kept entries over samples, shape (layers, kv_heads), from ``kept_per_head.npy`` (None if absent)."""
+    path = run.path / "kept_per_head.npy"
+    if not path.exists():
+        return None
+    kept = np.load(path)
+    return kept.mean(axis=0) if kept.ndim == 3 and len(kept) else None
 
 
 def is_lower_better(metric: str, scores: dict[str, Any] | None = None) -> bool:

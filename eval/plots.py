@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 
-from eval.collect import FULL_METHOD, Run, RunSource, as_runs  # noqa: E402
+from eval.collect import FULL_METHOD, Run, RunSource, as_runs, kept_mean  # noqa: E402
 from eval.tables import AVERAGE, BenchTable, build_tables, group_runs, method_rank, summary_table  # noqa: E402
 
 # gkamradt / PyramidKV NIAH colours: red -> yellow -> green.
@@ -208,15 +208,6 @@ def niah_grid(runs: Sequence[Run], path: Path) -> Path | None:
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01)
     return save_figure(fig, path)
-
-
-def kept_mean(run: Run) -> np.ndarray | None:
-    """Mean kept entries over samples, shape (layers, kv_heads), from ``kept_per_head.npy``."""
-    path = run.path / "kept_per_head.npy"
-    if not path.exists():
-        return None
-    kept = np.load(path)
-    return kept.mean(axis=0) if kept.ndim == 3 and len(kept) else None
 
 
 def budget_heatmaps(runs: Sequence[Run], path: Path, methods: Sequence[str] = BUDGET_METHODS) -> Path | None:

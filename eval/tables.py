@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from eval.collect import FULL_METHOD, PERCENT_BENCHES, Run, RunSource, as_runs
+from eval.collect import FULL_METHOD, PERCENT_BENCHES, Run, RunSource, as_runs, kept_mean
 from eval.stats import bootstrap_ci
 
 METHOD_ORDER = (
@@ -417,6 +417,25 @@ def write_summary(tables: Sequence[BenchTable], stem: Path, profile: str | None 
     )
 
 
+# ------------------------------------------------------------------------- where the budget goes
+def budget_frame(runs: Sequence[Run]) -> pd.DataFrame:
+    """Kept entries per (method, budget, layer, KV head), mean over samples, and their share of the budget.
+
+    Columns ``method``, ``budget``, ``layer``, ``head``, ``kept`` (mean entries), ``share``
+    (``kept / budget``: 1 is the uniform allocation). Runs without ``kept_per_head.npy`` are left out.
+    """
+    rows = []
+    for run in sorted(runs, key=lambda r: (method_rank(r.method), r.budget or 0)):
+        kept = kept_mean(run) if run.budget is not None else None
+        if kept is None:
+            continue
+        for layer, heads in enumerate(kept):
+            for head, value in enumerate(heads):
+                rows.append({"method": run.method, "budget": run.budget, "layer": layer, "head": head,
+                             "kept": float(value), "share": float(value) / run.budget})  # fmt: skip
+    return pd.DataFrame(rows, columns=["method", "budget", "layer", "head", "kept", "share"])
+
+
 # ------------------------------------------------------------------------------------- driver
 def group_runs(runs: Iterable[Run]) -> dict[tuple[str, str], list[Run]]:
     """Runs grouped by (model, bench), in a fixed order."""
@@ -433,11 +452,12 @@ def build_tables(runs: Sequence[Run], profile: str | None = None) -> list[BenchT
 def write_tables(source: RunSource, out: Path, profile: str | None = None) -> list[Path]:
     """Every benchmark table and the summary of ``source`` (an output root or runs) into ``out``.
 
-    One model: ``out/<bench>.{csv,md}`` and ``out/summary.{csv,md}``; several models: the same
-    inside ``out/<model>/``.
+    One model: ``out/<bench>.{csv,md}``, ``out/<bench>_budget.csv`` (where kept arrays exist) and
+    ``out/summary.{csv,md}``; several models: the same inside ``out/<model>/``.
     """
     runs = as_runs(source)
     tables = build_tables(runs, profile)
+    groups = group_runs(runs)
     models = sorted({t.model for t in tables})
     written: list[Path] = []
     for model in models:
@@ -445,5 +465,16 @@ def write_tables(source: RunSource, out: Path, profile: str | None = None) -> li
         folder = Path(out) if len(models) == 1 else Path(out) / model
         for table in own:
             written += write_bench_table(table, folder / table.bench)
+            budget = budget_frame(groups[(model, table.bench)])
+            if len(budget):
+                header = [
+                    f"{table.bench}: kept entries per layer and KV head (mean over samples)",
+                    *table.header[1:5],
+                ]
+                written.append(
+                    write_csv(
+                        budget, folder / f"{table.bench}_budget.csv", header=header, float_format="%.4f"
+                    )
+                )
         written += write_summary(own, folder / "summary", profile)
     return written

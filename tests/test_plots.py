@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from run_folders import make_run, per_sample, toy_root
 
-from eval.collect import find_runs
-from eval.plots import kept_mean, layer_errors, write_figures
+from eval.collect import find_runs, kept_mean
+from eval.plots import layer_errors, write_figures
 
 GRID = [(length, depth) for length in (1000, 2000) for depth in (0, 100)]
 
@@ -74,3 +74,14 @@ def test_kept_and_error_means_over_samples(tmp_path):
     assert layer_errors(runs[("niah", "lava", 8)]) is None
     make_run(tmp_path / "x", bench="toy", method="lava", budget=8, scores=per_sample("a", [1]))
     assert layer_errors(find_runs(tmp_path / "x")[0]) is None
+
+
+def test_budget_table_written_beside_the_bench_table(tmp_path):
+    from eval.tables import read_table, write_tables
+
+    written = write_tables(niah_root(tmp_path / "runs"), tmp_path / "t")
+    assert "niah_budget.csv" in {p.name for p in written}
+    frame = read_table(tmp_path / "t" / "niah_budget.csv").set_index(["method", "budget", "layer", "head"])
+    assert len(frame) == 2 * 2 * 3 * 2  # methods x budgets x layers x heads; full has no kept array
+    assert frame.loc[("lava", 16, 1, 0), "kept"] == pytest.approx(11.0)  # mean of s*6 + 2 over s = 0..3
+    assert frame.loc[("lava", 16, 1, 0), "share"] == pytest.approx(11.0 / 16)
