@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -20,11 +19,9 @@ from hydra import compose, initialize_config_dir
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from eval.claims import write_claims  # noqa: E402
-from eval.collect import Run, load_run, write_tidy_csv  # noqa: E402
-from eval.plots import write_figures  # noqa: E402
+from eval.collect import Run, load_run  # noqa: E402
+from eval.results import write_results  # noqa: E402
 from eval.runner import run, run_dir_for  # noqa: E402
-from eval.tables import write_tables  # noqa: E402
 from lava.errors import UserError  # noqa: E402
 
 
@@ -47,18 +44,6 @@ def sweep(profile: dict, benches: list[str], output_root: Path) -> list[Run]:
                 run(cfg)
                 runs.append(load_run(run_dir_for(cfg)))
     return runs
-
-
-def write_results(
-    runs: Sequence[Run], results: Path, profile: str, perf_csv: Path | None = None
-) -> list[Path]:
-    """Every table, figure and claim of ``runs`` under ``results`` (tables/, figures/, claims.md, runs.csv)."""
-    return [
-        *write_tables(runs, results / "tables", profile),
-        *write_figures(runs, results / "figures", perf_csv=perf_csv, profile=profile),
-        *write_claims(runs, results, profile),
-        write_tidy_csv(runs, results / "runs.csv"),
-    ]
 
 
 def main() -> None:

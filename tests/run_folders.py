@@ -117,3 +117,38 @@ def toy_root(root: Path) -> Path:
         scores = per_sample("code", [kl, kl + 0.1], metric="kl")
         make_run(root, bench="fid", method=method, budget=64, scores=scores, headline="kl")
     return root
+
+
+def results_root(root: Path) -> Path:
+    """NIAH (with kept arrays) and fidelity (with per-layer errors) runs of the ablation methods."""
+    rng = np.random.default_rng(0)
+    grid = [(n, d) for n in (1000, 2000) for d in (0, 50, 100)]
+    meta = [{"length": n, "depth": d} for n, d in grid]
+    methods = ("full", "snapkv", "adakv", "lava", "lava_layer_only", "lava_head_only")
+    for i, method in enumerate(methods):
+        for budget in (None,) if method == "full" else (8, 16):
+            p = 0.9 if budget is None else 0.2 + 0.1 * i
+            niah = [(f"niah_L{n}_D{d}", "niah", {"recall": float(rng.random() < p)}) for n, d in grid]
+            kept = None if budget is None else rng.integers(budget // 2, 2 * budget, size=(len(grid), 4, 2))
+            make_run(
+                root,
+                bench="niah",
+                method=method,
+                budget=budget,
+                scores=niah,
+                headline="recall",
+                meta=meta,
+                kept=kept,
+            )
+            fid = [(f"code{j}", "code", {"kl": 0.0 if budget is None else float(rng.random() / (i + 1)),
+                    "attn_err_per_layer": [] if budget is None else list(rng.random(4) / (i + 1))}) for j in range(5)]  # fmt: skip
+            make_run(
+                root,
+                bench="fidelity",
+                method=method,
+                budget=budget,
+                scores=fid,
+                headline="kl",
+                digest="fedcba98",
+            )
+    return root
