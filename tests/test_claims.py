@@ -89,3 +89,14 @@ def test_write_claims_without_runs_says_not_tested(tmp_path):
     text = paths[0].read_text()
     assert [c.verdict for c in judge_claims([])] == [NOT_TESTED] * 3
     assert text.count(f"**{NOT_TESTED}**") == 3 and "profile: cpu" in text
+
+
+def test_extraction_claim_counts_only_ruler_retrieval_tasks(tmp_path):
+    def scores(needle, vt):
+        return per_sample("niah_single_1", [needle] * N) + per_sample("vt", [vt] * N)
+
+    for method, needle, vt in (("lava_head_only", 50, 100), ("snapkv", 50, 0), ("lava_layer_only", 50, 0)):
+        make_run(tmp_path, bench="ruler", method=method, budget=64, scores=scores(needle, vt))
+    claim = head_budget_claim(find_runs(tmp_path))
+    assert {c.tasks for c in claim.comparisons} == {"retrieval"}
+    assert all(c.diff == 0 for c in claim.comparisons) and claim.verdict == NOT_SEPARABLE

@@ -160,3 +160,18 @@ def test_summary_mean_percent_and_rank(tmp_path):
     at128 = summary[summary["budget"] == 128].set_index("method")
     assert at128.loc["lava", "mean rank"] == at128.loc["snapkv", "mean rank"] == 1.5  # tie on toy
     assert pd.isna(at128.loc["lava", "fid"])
+
+
+def test_write_results_rerun_is_byte_identical(tmp_path):
+    from run_folders import results_root
+
+    from eval.results import write_results
+
+    root = results_root(tmp_path / "runs")
+    first = write_results(root, tmp_path / "r1", profile="cpu")
+    second = write_results(root, tmp_path / "r2", profile="cpu")
+    names = sorted(str(p.relative_to(tmp_path / "r1")) for p in first)
+    assert names == sorted(str(p.relative_to(tmp_path / "r2")) for p in second)
+    assert {"claims.md", "claims.csv", "runs.csv", "tables/summary.md", "figures/niah_grid.png"} <= set(names)
+    for a, b in zip(first, second):
+        assert a.read_bytes() == b.read_bytes(), a.name
