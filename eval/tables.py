@@ -272,6 +272,15 @@ def _sample_counts(runs: Sequence[Run]) -> str:
     return ", ".join(parts) or "0"
 
 
+def _is_percent(runs: Sequence[Run]) -> bool:
+    """Known percent benchmarks, a declared ``unit: percent``, or a higher-is-better score above 1."""
+    first = runs[0]
+    if first.bench in PERCENT_BENCHES or any(r.scores.get("unit") == "percent" for r in runs):
+        return True
+    scores = [r.scores.get("score") for r in runs]
+    return not first.lower_is_better and any(isinstance(v, (int, float)) and v > 1.0 for v in scores)
+
+
 def bench_table(runs: Sequence[Run], profile: str | None = None) -> BenchTable:
     """Methods x budgets table of one (model, benchmark); the full cache repeated at every budget."""
     if not runs:
@@ -298,7 +307,7 @@ def bench_table(runs: Sequence[Run], profile: str | None = None) -> BenchTable:
         ordered += [c, f"{c}_low", f"{c}_high"]
     frame = frame[[*ordered, "best_average", "run"]]
     direction = "lower is better" if lower else "higher is better"
-    unit = "percent" if first.bench in PERCENT_BENCHES or first.scores.get("unit") == "percent" else ""
+    unit = "percent" if _is_percent(runs) else ""
     header = [
         f"{first.bench}: {first.headline} ({direction}{', ' + unit if unit else ''}), methods x budgets",
         *_provenance(runs, profile, _sample_counts(runs)),

@@ -2,6 +2,7 @@
 
     python scripts/reproduce_tables.py                 # configs/sweep/cpu.yaml, its default benches
     python scripts/reproduce_tables.py --bench niah    # one bench of the profile
+    python scripts/reproduce_tables.py --report-only   # rebuild results/ from the existing run folders
 
 Each (bench, method, budget) is an ordinary run folder under ``--output-root`` (resumable: a
 killed sweep continues where it stopped); tables, figures and claims are rebuilt from the run folders (:func:`write_results`).
@@ -19,7 +20,7 @@ from hydra import compose, initialize_config_dir
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from eval.collect import Run, load_run  # noqa: E402
+from eval.collect import Run, find_runs, load_run  # noqa: E402
 from eval.results import write_results  # noqa: E402
 from eval.runner import run, run_dir_for  # noqa: E402
 from lava.errors import UserError  # noqa: E402
@@ -57,6 +58,11 @@ def main() -> None:
     parser.add_argument(
         "--perf", type=Path, default=REPO / "results" / "perf" / "perf.csv", help="make bench-perf's CSV"
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: rebuild results/ from every run folder under --output-root",
+    )
     args = parser.parse_args()
     profile = yaml.safe_load(args.profile.read_text())
     benches = args.bench or profile.get("default_benches", list(profile["benches"]))
@@ -64,7 +70,11 @@ def main() -> None:
     try:
         if unknown:
             raise UserError(f"unknown bench(es) {unknown}; the profile has {sorted(profile['benches'])}")
-        runs = sweep(profile, benches, args.output_root)
+        runs = find_runs(args.output_root) if args.report_only else sweep(profile, benches, args.output_root)
+        if not runs:
+            raise UserError(
+                f"no finished run folders under {args.output_root}; run without --report-only first"
+            )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
