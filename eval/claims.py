@@ -197,18 +197,28 @@ def lava_best_claim(runs: Sequence[Run]) -> Claim:
     return claim
 
 
+def ablation_claim(
+    runs: Sequence[Run], key: str, title: str, where: str, specs: Sequence[tuple[str, str, TaskFilter]],
+    winner: str, rival: str,
+) -> Claim:  # fmt: skip
+    """``winner`` beats uniform budgets (snapkv) and the other ablation ``rival`` on ``specs``."""
+    comparisons, missing = _ablation_comparisons(runs, specs, winner, rival)
+    return Claim(
+        key=key,
+        title=title,
+        statement=f"On {where}, {winner} beats {UNIFORM} (uniform budgets) and {rival}.",
+        rule=f"{winner} minus {UNIFORM} and minus {rival} at each budget, paired over shared samples",
+        comparisons=comparisons,
+        missing=missing,
+    )
+
+
 def layer_budget_claim(runs: Sequence[Run]) -> Claim:
     """(b) dynamic layer budgets on generation tasks: code completion and fidelity on code."""
     specs = [("code_completion", "all", lambda t: True), ("fidelity", "code", lambda t: "code" in t)]
-    comparisons, missing = _ablation_comparisons(runs, specs, LAYER_ONLY, HEAD_ONLY)
-    return Claim(
-        key="b",
-        title="Dynamic layer budgets matter for generation tasks",
-        statement=f"On code completion and on fidelity over code, {LAYER_ONLY} beats {UNIFORM} (uniform "
-        f"budgets) and {HEAD_ONLY}.",
-        rule=f"{LAYER_ONLY} minus {UNIFORM} and minus {HEAD_ONLY} at each budget, paired over shared samples",
-        comparisons=comparisons,
-        missing=missing,
+    title = "Dynamic layer budgets matter for generation tasks"
+    return ablation_claim(
+        runs, "b", title, "code completion and on fidelity over code", specs, LAYER_ONLY, HEAD_ONLY
     )
 
 
@@ -219,16 +229,9 @@ def head_budget_claim(runs: Sequence[Run]) -> Claim:
         ("ruler", "retrieval", lambda t: t in RULER_RETRIEVAL),
         ("infinitebench", "retrieval", lambda t: t in INFINITEBENCH_RETRIEVAL),
     ]
-    comparisons, missing = _ablation_comparisons(runs, specs, HEAD_ONLY, LAYER_ONLY)
-    return Claim(
-        key="c",
-        title="Dynamic head budgets matter for extraction tasks",
-        statement=f"On NIAH, RULER retrieval and InfiniteBench retrieval, {HEAD_ONLY} beats {UNIFORM} "
-        f"(uniform budgets) and {LAYER_ONLY}.",
-        rule=f"{HEAD_ONLY} minus {UNIFORM} and minus {LAYER_ONLY} at each budget, paired over shared samples",
-        comparisons=comparisons,
-        missing=missing,
-    )
+    title = "Dynamic head budgets matter for extraction tasks"
+    where = "NIAH, RULER retrieval and InfiniteBench retrieval"
+    return ablation_claim(runs, "c", title, where, specs, HEAD_ONLY, LAYER_ONLY)
 
 
 def judge_claims(runs: Sequence[Run]) -> list[Claim]:

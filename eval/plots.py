@@ -14,8 +14,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 
-from eval.collect import FULL_METHOD, Run, RunSource, as_runs, kept_mean  # noqa: E402
-from eval.tables import AVERAGE, BenchTable, build_tables, group_runs, method_rank, summary_table  # noqa: E402
+from eval.collect import FULL_METHOD, Run, RunSource, kept_mean  # noqa: E402
+from eval.tables import (  # noqa: E402
+    AVERAGE,
+    BenchTable,
+    method_rank,
+    per_model,
+    summary_table,
+    tables_and_groups,
+)
 
 # gkamradt / PyramidKV NIAH colours: red -> yellow -> green.
 NIAH_CMAP = LinearSegmentedColormap.from_list("niah", ["#F0496E", "#EBB839", "#0CD79F"])
@@ -164,6 +171,23 @@ def _grid(rows: int, cols: int, width: float, height: float) -> tuple[Any, np.nd
     return fig, axes
 
 
+def _edge_labels(ax: Any, row: int, col: int, rows: int, ylabel: str, xlabel: str) -> None:
+    """Axis labels on the grid's left column and bottom row only."""
+    if col == 0:
+        ax.set_ylabel(ylabel, fontsize=8)
+    if row == rows - 1:
+        ax.set_xlabel(xlabel, fontsize=8)
+
+
+def _finish_grid(fig: Any, axes: np.ndarray, image: Any, title: str, path: Path, label: str) -> Path:
+    """Title, a shared colour bar for the panels, and the PNG."""
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 0.92, 0.96))
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label=label)
+    return save_figure(fig, path)
+
+
 def niah_grid(runs: Sequence[Run], path: Path) -> Path | None:
     """Depth x length heatmaps of the NIAH headline per sample: methods down, budgets across.
 
@@ -199,15 +223,9 @@ def niah_grid(runs: Sequence[Run], path: Path) -> Path | None:
             ax.set_yticks(np.arange(pivot.shape[0]), [f"{d:g}" for d in pivot.index], fontsize=7)
             label = "full cache" if method == FULL_METHOD else f"{method} @ {budget}"
             ax.set_title(f"{label}: {np.nanmean(pivot.to_numpy()):.2f}", fontsize=9)
-            if j == 0:
-                ax.set_ylabel("depth %", fontsize=8)
-            if i == len(methods) - 1:
-                ax.set_xlabel("context length", fontsize=8)
-    fig.suptitle(f"NIAH {runs[0].headline} by depth and length ({runs[0].model}); columns: budget")
-    fig.tight_layout(rect=(0, 0, 0.93, 0.97))
-    if image is not None:
-        fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01)
-    return save_figure(fig, path)
+            _edge_labels(ax, i, j, len(methods), "depth %", "context length")
+    title = f"NIAH {runs[0].headline} by depth and length ({runs[0].model}); columns: budget"
+    return _finish_grid(fig, axes, image, title, path, runs[0].headline)
 
 
 def budget_heatmaps(runs: Sequence[Run], path: Path, methods: Sequence[str] = BUDGET_METHODS) -> Path | None:
@@ -242,43 +260,49 @@ def budget_heatmaps(runs: Sequence[Run], path: Path, methods: Sequence[str] = BU
                 np.arange(0, share.shape[1], 5), [str(x) for x in range(0, share.shape[1], 5)], fontsize=7
             )
             ax.set_title(f"{method} @ {budget}", fontsize=9)
-            if j == 0:
-                ax.set_ylabel("KV head", fontsize=8)
-            if i == len(rows) - 1:
-                ax.set_xlabel("layer", fontsize=8)
-    fig.suptitle(f"Kept entries per layer and KV head / budget (mean over samples, {selected[0][0].bench})")
-    fig.tight_layout(rect=(0, 0, 0.92, 0.95))
-    if image is not None:
-        fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label="kept / budget")
+            _edge_labels(ax, i, j, len(rows), "KV head", "layer")
+    title = f"Kept entries per layer and KV head / budget (mean over samples, {selected[0][0].bench})"
+    return _finish_grid(fig, axes, image, title, path, "kept / budget")
+
+
+def layer_curves(
+    curves: Sequence[tuple[Run, np.ndarray]],
+    path: Path,
+    ylabel: str,
+    title: str,
+    reference: float | None = None,
+) -> Path | None:
+    """One value per layer for each run: a line per method, a panel per budget (None without curves)."""
+    if not curves:
+        return None
+    budgets = sorted({r.budget for r, _ in curves})
+    fig, axes = _grid(1, len(budgets), 5.0, 3.6)
+    for ax, budget in zip(axes[0], budgets):
+        own = sorted(
+            ((r, c) for r, c in curves if r.budget == budget), key=lambda p: method_rank(p[0].method)
+        )
+        for run, curve in own:
+            ax.plot(
+                np.arange(len(curve)), curve, marker=".", color=method_color(run.method), label=run.method
+            )
+        if reference is not None:
+            ax.axhline(reference, color="black", linewidth=0.8, linestyle=":")
+        ax.set_title(f"budget {budget}", fontsize=10)
+        ax.set_xlabel("layer")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle(title)
+    fig.tight_layout()
     return save_figure(fig, path)
 
 
 def layer_budget_lines(runs: Sequence[Run], path: Path) -> Path | None:
     """Per-layer total kept entries over (budget x KV heads), one line per method, a panel per budget."""
-    selected = [(r, kept_mean(r)) for r in runs if r.budget is not None and r.method != FULL_METHOD]
-    selected = [(r, k) for r, k in selected if k is not None]
-    if not selected:
-        return None
-    budgets = sorted({r.budget for r, _ in selected})
-    fig, axes = _grid(1, len(budgets), 5.0, 3.6)
-    for j, budget in enumerate(budgets):
-        ax = axes[0][j]
-        for run, kept in sorted(
-            ((r, k) for r, k in selected if r.budget == budget), key=lambda p: method_rank(p[0].method)
-        ):
-            share = kept.sum(axis=1) / (budget * kept.shape[1])
-            ax.plot(
-                np.arange(len(share)), share, marker=".", color=method_color(run.method), label=run.method
-            )
-        ax.axhline(1.0, color="black", linewidth=0.8, linestyle=":")
-        ax.set_title(f"budget {budget}", fontsize=10)
-        ax.set_xlabel("layer")
-        ax.grid(True, alpha=0.3)
-    axes[0][0].set_ylabel("layer total / uniform share")
-    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.suptitle(f"Budget per layer (mean over samples, {selected[0][0].bench}); 1 = uniform")
-    fig.tight_layout()
-    return save_figure(fig, path)
+    kept = [(r, kept_mean(r)) for r in runs if r.budget is not None and r.method != FULL_METHOD]
+    curves = [(r, k.sum(axis=1) / (r.budget * k.shape[1])) for r, k in kept if k is not None]
+    title = f"Budget per layer (mean over samples, {runs[0].bench if runs else ''}); 1 = uniform"
+    return layer_curves(curves, path, "layer total / uniform share", title, reference=1.0)
 
 
 ATTN_ERR_FIELD = "attn_err_per_layer"
@@ -306,33 +330,12 @@ def attn_err_curves(runs: Sequence[Run], path: Path) -> Path | None:
     Reads a list-valued ``attn_err_per_layer`` from each record's scores or meta; returns None (no
     figure) when no run has it.
     """
-    curves = [
-        (run, curve)
-        for run in runs
-        if run.budget is not None
-        for curve in [layer_errors(run)]
-        if curve is not None
-    ]
-    if not curves:
-        return None
-    budgets = sorted({r.budget for r, _ in curves})
-    fig, axes = _grid(1, len(budgets), 5.0, 3.6)
-    for j, budget in enumerate(budgets):
-        ax = axes[0][j]
-        for run, curve in sorted(
-            ((r, c) for r, c in curves if r.budget == budget), key=lambda p: method_rank(p[0].method)
-        ):
-            ax.plot(
-                np.arange(len(curve)), curve, marker=".", color=method_color(run.method), label=run.method
-            )
-        ax.set_title(f"budget {budget}", fontsize=10)
-        ax.set_xlabel("layer")
-        ax.grid(True, alpha=0.3)
-    axes[0][0].set_ylabel("attention-output error (relative L2)")
-    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.suptitle(f"Layer-wise attention-output error vs full cache ({curves[0][0].bench}, lower is better)")
-    fig.tight_layout()
-    return save_figure(fig, path)
+    errors = [(run, layer_errors(run)) for run in runs if run.budget is not None]
+    curves = [(run, curve) for run, curve in errors if curve is not None]
+    title = (
+        f"Layer-wise attention-output error vs full cache ({runs[0].bench if runs else ''}, lower is better)"
+    )
+    return layer_curves(curves, path, "attention-output error (relative L2)", title)
 
 
 def perf_bars(perf_csv: Path, path: Path) -> Path | None:
@@ -374,14 +377,9 @@ def write_figures(
     exist ``<bench>_budget_heads.png`` and ``<bench>_budget_layers.png``; for per-layer attention
     errors ``<bench>_attn_err.png``), ``summary_ranks.png``, and ``perf.png`` from ``perf_csv``.
     """
-    runs = as_runs(source)
-    tables = build_tables(runs, profile)
-    groups = group_runs(runs)
-    models = sorted({t.model for t in tables})
+    tables, groups = tables_and_groups(source, profile)
     written: list[Path] = []
-    for model in models:
-        folder = Path(out) if len(models) == 1 else Path(out) / model
-        own = [t for t in tables if t.model == model]
+    for model, folder, own in per_model(tables, out):
         for table in own:
             group = groups[(model, table.bench)]
             written.append(score_vs_budget(table, folder / f"{table.bench}_vs_budget.png"))

@@ -454,6 +454,23 @@ def group_runs(runs: Iterable[Run]) -> dict[tuple[str, str], list[Run]]:
     return dict(sorted(groups.items()))
 
 
+def tables_and_groups(
+    source: RunSource, profile: str | None = None
+) -> tuple[list[BenchTable], dict[tuple[str, str], list[Run]]]:
+    """The benchmark tables of ``source`` and its runs grouped by (model, bench)."""
+    runs = as_runs(source)
+    return build_tables(runs, profile), group_runs(runs)
+
+
+def per_model(tables: Sequence[BenchTable], out: Path) -> list[tuple[str, Path, list[BenchTable]]]:
+    """``(model, folder, its tables)``: ``out`` itself for a single model, else ``out/<model>``."""
+    models = sorted({t.model for t in tables})
+    return [
+        (m, Path(out) if len(models) == 1 else Path(out) / m, [t for t in tables if t.model == m])
+        for m in models
+    ]
+
+
 def build_tables(runs: Sequence[Run], profile: str | None = None) -> list[BenchTable]:
     return [bench_table(group, profile) for group in group_runs(runs).values()]
 
@@ -464,14 +481,9 @@ def write_tables(source: RunSource, out: Path, profile: str | None = None) -> li
     One model: ``out/<bench>.{csv,md}``, ``out/<bench>_budget.csv`` (where kept arrays exist) and
     ``out/summary.{csv,md}``; several models: the same inside ``out/<model>/``.
     """
-    runs = as_runs(source)
-    tables = build_tables(runs, profile)
-    groups = group_runs(runs)
-    models = sorted({t.model for t in tables})
+    tables, groups = tables_and_groups(source, profile)
     written: list[Path] = []
-    for model in models:
-        own = [t for t in tables if t.model == model]
-        folder = Path(out) if len(models) == 1 else Path(out) / model
+    for model, folder, own in per_model(tables, out):
         for table in own:
             written += write_bench_table(table, folder / table.bench)
             budget = budget_frame(groups[(model, table.bench)])
