@@ -9,6 +9,7 @@ wrote one ``full-b64-...`` folder per budget; the one with the most samples is k
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import re
@@ -78,7 +79,25 @@ class Run:
 
     @property
     def lower_is_better(self) -> bool:
-        return is_lower_better(self.headline, self.scores)
+        return self.is_lower_better(self.headline)
+
+    @cached_property
+    def declared_lower(self) -> frozenset[str]:
+        """Lower-is-better metrics the run declares: scores.json's list and the benchmark class's.
+
+        The class attribute ``lower_is_better`` (of the config's ``bench._target_``, read without
+        building the benchmark) is either metric names or a bool about the headline metric.
+        """
+        names = set(self.scores.get("lower_is_better") or [])
+        declared = _class_attribute((self.config.get("bench") or {}).get("_target_"), "lower_is_better")
+        if isinstance(declared, bool):
+            names |= {self.headline} if declared else set()
+        elif isinstance(declared, (list, tuple, set, frozenset)):
+            names |= {str(n) for n in declared}
+        return frozenset(names)
+
+    def is_lower_better(self, metric: str) -> bool:
+        return metric in LOWER_IS_BETTER or metric in self.declared_lower
 
     @property
     def num_samples(self) -> int:
@@ -127,10 +146,15 @@ def kept_mean(run: Run) -> np.ndarray | None:
     return kept.mean(axis=0) if kept.ndim == 3 and len(kept) else None
 
 
-def is_lower_better(metric: str, scores: dict[str, Any] | None = None) -> bool:
-    """True for metrics where smaller is better: the built-in list or the run's ``lower_is_better``."""
-    declared = (scores or {}).get("lower_is_better") or []
-    return metric in LOWER_IS_BETTER or metric in declared
+def _class_attribute(target: Any, name: str) -> Any:
+    """``getattr(<class at dotted path target>, name)``; None when the class cannot be imported."""
+    if not isinstance(target, str) or "." not in target:
+        return None
+    module, _, attr = target.rpartition(".")
+    try:
+        return getattr(getattr(importlib.import_module(module), attr), name, None)
+    except (ImportError, AttributeError):
+        return None
 
 
 def _is_number(value: Any) -> bool:
@@ -238,7 +262,7 @@ def tidy_frame(runs: Sequence[Run]) -> pd.DataFrame:
                         # the overall ``score`` is the headline metric's value, with its direction
                         "lower_is_better": run.lower_is_better
                         if (metric == "score" and task == "all")
-                        else is_lower_better(metric, run.scores),
+                        else run.is_lower_better(metric),
                     }
                 )
     frame = pd.DataFrame(rows, columns=TIDY_COLUMNS)

@@ -28,6 +28,7 @@ def make_run(
     extra_scores: dict[str, Any] | None = None,
     meta: Sequence[dict[str, Any]] | None = None,
     digest: str = "0123abcd",
+    bench_target: str | None = None,
 ) -> Path:
     """One run folder; ``scores`` lists ``(sample id, task, per-sample metrics)``.
 
@@ -68,13 +69,23 @@ def make_run(
     config = {
         "model": {"name": model},
         "method": {"name": method},
-        "bench": {"name": bench},
+        "bench": {"name": bench, **({"_target_": bench_target} if bench_target else {})},
         "budget": 64 if budget is None else budget,
         "seed": 42,
     }
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     (run_dir / "run_meta.json").write_text(json.dumps({"git": {"commit": commit, "dirty": False}}))
     return run_dir
+
+
+class ErrorBench:
+    """Stands for a benchmark class that marks its metrics lower-is-better by a class attribute."""
+
+    lower_is_better = ("err",)
+
+
+class HeadlineLowerBench:
+    lower_is_better = True
 
 
 def per_sample(

@@ -78,6 +78,17 @@ def test_lower_is_better_builtin_and_declared(tmp_path):
         assert frame.loc[frame["best_average"], "method"].tolist() == [best]
 
 
+@pytest.mark.parametrize("target", ["run_folders.ErrorBench", "run_folders.HeadlineLowerBench"])
+def test_lower_is_better_from_the_benchmark_class(tmp_path, target):
+    for method, err in (("a", 0.1), ("b", 0.9)):
+        scores = per_sample("t", [err], "err")
+        make_run(
+            tmp_path, bench="x", method=method, budget=8, scores=scores, headline="err", bench_target=target
+        )
+    frame = table_of(tmp_path, "x").frame
+    assert frame.loc[frame["best_average"], "method"].tolist() == ["a"]
+
+
 def test_old_per_budget_full_folders_collapse_to_the_largest(tmp_path):
     make_run(
         tmp_path, bench="toy", method="full", budget=64, scores=per_sample("a", [1, 0]), digest="aaaaaaaa"
