@@ -80,15 +80,21 @@ class Claim:
     # Why separated evidence alone does not support the claim (e.g. lava not first by mean rank).
     blocked: str | None = None
 
+    def _separated(self, sign: float) -> bool:
+        return any(c.separated and sign * c.diff > 0 for c in self.comparisons)
+
+    @property
+    def one_sided(self) -> bool:
+        """Some comparison separated in the claimed direction and none against it."""
+        return self._separated(1.0) and not self._separated(-1.0)
+
     @property
     def verdict(self) -> str:
         if not self.comparisons:
             return NOT_TESTED
-        favour = sum(c.separated and c.diff > 0 for c in self.comparisons)
-        against = sum(c.separated and c.diff < 0 for c in self.comparisons)
-        if favour and not against:
+        if self.one_sided:
             return NOT_SEPARABLE if self.blocked else SUPPORTED
-        if against and not favour:
+        if self._separated(-1.0) and not self._separated(1.0):
             return CONTRADICTED
         return NOT_SEPARABLE
 
@@ -268,7 +274,7 @@ def claims_markdown(claims: Sequence[Claim], header: Sequence[str] = ()) -> str:
                 )
             lines.append("")
         lines += [f"- {note}" for note in claim.notes] + ([""] if claim.notes else [])
-        if claim.blocked and claim.verdict == NOT_SEPARABLE:
+        if claim.blocked and claim.one_sided:
             lines += [f"Separated evidence points one way, but {claim.blocked}.", ""]
         for note in claim.missing:
             lines += [f"Not run: {note}.", ""]
