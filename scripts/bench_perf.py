@@ -644,7 +644,9 @@ def main(argv: list[str] | None = None) -> int:
     table = table.sort_values(["length", "budget_spec", "_o"], key=_budget_sort).drop(columns="_o")
     table = table[list(COLUMNS)]
     write_csv(table, out / "perf.csv")
-    write_csv(pd.DataFrame([{k: v for k, v in r.items() if k != "tokens"} for r in raw]), out / "perf_raw.csv")
+    write_csv(
+        pd.DataFrame([{k: v for k, v in r.items() if k != "tokens"} for r in raw]), out / "perf_raw.csv"
+    )
     write_plot(table, out / "perf.png")
     meta = {
         "command": "python scripts/bench_perf.py " + " ".join(argv if argv is not None else sys.argv[1:]),
