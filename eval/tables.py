@@ -1,27 +1,501 @@
-"""GitHub-Markdown tables from DataFrames (pandas' own ``to_markdown`` needs the optional ``tabulate``)."""
+"""The project's one table writer: pandas frames -> CSV and GitHub Markdown, with provenance headers.
+
+Two kinds of tables are built here from run folders (see :mod:`eval.collect`):
+
+* per benchmark: one row per (budget, method) with a column per task and the benchmark average,
+  95% bootstrap intervals over samples (CSV), the full cache repeated at every budget, and the best
+  compressed method per budget and column marked (``**bold**`` in Markdown), lower-is-better metrics
+  ranked as such;
+* a summary across benchmarks: per (budget, method) each benchmark's average, their mean (higher-is-
+  better benchmarks, in percent) and the mean rank among the compressed methods.
+
+Per-run-folder tables of the benchmark modules also go through :func:`write_frame`.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from eval.collect import FULL_METHOD, PERCENT_BENCHES, Run, RunSource, as_runs, kept_mean
+from eval.stats import bootstrap_ci
 
+METHOD_ORDER = (
+    "full",
+    "streamingllm",
+    "snapkv",
+    "pyramidkv",
+    "adakv",
+    "cake",
+    "lava",
+    "lava_layer_only",
+    "lava_head_only",
+)
+AVERAGE = "average"
+
+
+# ------------------------------------------------------------------------------------ formatting
 def format_cell(value: Any, digits: int = 2) -> str:
     """Numbers with ``digits`` decimals, missing values as an empty cell, anything else as ``str``."""
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return ""
-    if isinstance(value, float):
+    if isinstance(value, (float, np.floating)):
         return f"{value:.{digits}f}"
     return str(value)
 
 
-def markdown_table(frame: pd.DataFrame, digits: int = 2, index: bool = True) -> str:
-    """The frame as a Markdown table; the index becomes the first column when ``index`` is true."""
+def markdown_table(
+    frame: pd.DataFrame, digits: int = 2, index: bool = True, na: str = "", left: int = 0
+) -> str:
+    """The frame as a Markdown table; the index becomes the first column when ``index`` is true.
+
+    The index and the first ``left`` columns (labels) are left-aligned, the others right-aligned.
+    """
     header = ([frame.index.name or ""] if index else []) + [str(c) for c in frame.columns]
-    align = (["---"] if index else []) + ["---:"] * len(frame.columns)
+    left = left + (1 if index else 0)
+    align = ["---"] * left + ["---:"] * (len(header) - left)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    for name, row in frame.iterrows():
-        cells = ([str(name)] if index else []) + [format_cell(v, digits) for v in row]
+    for name, *row in frame.itertuples(name=None):  # itertuples keeps each column's dtype
+        cells = ([str(name)] if index else []) + [format_cell(v, digits) or na for v in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def write_frame(
+    frame: pd.DataFrame,
+    stem: Path,
+    *,
+    digits: int = 2,
+    index: bool = True,
+    header: Sequence[str] = (),
+    markdown: pd.DataFrame | None = None,
+    na: str = "",
+    float_format: str | None = None,
+    left: int = 0,
+) -> list[Path]:
+    """Write ``<stem>.csv`` and ``<stem>.md``; return their paths.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        The CSV content.
+    header : sequence of str
+        Provenance lines: ``# line`` comments atop the CSV (read back with :func:`read_table`) and a
+        paragraph above the Markdown table.
+    markdown : DataFrame, optional
+        What the Markdown shows when it differs from the CSV (pre-formatted cells, fewer columns).
+    na : str
+        Markdown text of a missing value.
+    float_format : str, optional
+        CSV float format; default ``%.{digits}f``.
+    left : int
+        Leading label columns left-aligned in the Markdown.
+    """
+    stem = Path(stem)
+    csv_path, md_path = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".md")
+    write_csv(frame, csv_path, index=index, header=header, float_format=float_format or f"%.{digits}f")
+    text = markdown_table(
+        frame if markdown is None else markdown, digits=digits, index=index, na=na, left=left
+    )
+    preface = "".join(f"{line}  \n" for line in header[1:])
+    title = f"## {header[0]}\n\n" if header else ""
+    md_path.write_text(title + (preface + "\n" if preface else "") + text, encoding="utf-8")
+    return [csv_path, md_path]
+
+
+def write_csv(
+    frame: pd.DataFrame,
+    path: Path,
+    *,
+    index: bool = False,
+    header: Sequence[str] = (),
+    float_format: str = "%.6g",
+) -> Path:
+    """The frame as CSV, ``# line`` provenance comments first, ``\\n`` line ends on every platform."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    comments = "".join(f"# {line}\n" for line in header)
+    body = frame.to_csv(index=index, float_format=float_format, lineterminator="\n")
+    path.write_text(comments + body, encoding="utf-8")
+    return path
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV written by :func:`write_frame` (its ``#`` header lines skipped)."""
+    return pd.read_csv(path, comment="#")
+
+
+def read_header(path: Path) -> list[str]:
+    """The ``#`` provenance lines of a CSV written by :func:`write_frame`."""
+    lines = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.startswith("# "):
+            break
+        lines.append(line[2:])
+    return lines
+
+
+# ------------------------------------------------------------------------------- sample values
+def _unit_scale(sample_mean: float, reported: float) -> float:
+    """100 when the benchmark reports percent of per-sample fractions, else 1 (read from the data)."""
+    return 100.0 if abs(100.0 * sample_mean - reported) < abs(sample_mean - reported) else 1.0
+
+
+def sample_values(run: Run) -> dict[str, dict[str, float]]:
+    """Headline value per task and sample id, in the unit of the run's scores.json.
+
+    Returns
+    -------
+    dict
+        ``{task: {sample id: value}}``; records without the headline metric are skipped.
+    """
+    raw: dict[str, dict[str, float]] = {}
+    for record in run.records:
+        value = (record.get("scores") or {}).get(run.headline)
+        if isinstance(value, (int, float)) and not math.isnan(value):
+            raw.setdefault(record["task"], {})[record["id"]] = float(value)
+    reported = run.task_scores()
+    out = {}
+    for task, values in raw.items():
+        mean = sum(values.values()) / len(values)
+        scale = _unit_scale(mean, reported[task]) if task in reported else 1.0
+        out[task] = {i: scale * v for i, v in values.items()}
+    return out
+
+
+def average_weights(per_task: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per-sample values rescaled so that their plain mean equals the mean of the task means.
+
+    With ``T`` tasks, ``N`` samples and ``n_t`` in task ``t``, sample ``i`` of task ``t`` becomes
+    ``x_i * N / (T * n_t)``: resampling these values bootstraps the benchmark average (an
+    unweighted mean over tasks) even when tasks have different sample counts.
+    """
+    total = sum(len(v) for v in per_task.values())
+    tasks = len(per_task)
+    return {
+        t: {i: x * total / (tasks * len(values)) for i, x in values.items()} for t, values in per_task.items()
+    }
+
+
+def flat_average_values(run: Run) -> dict[str, float]:
+    """``{sample id: value}`` whose mean is the run's task-averaged score (for paired comparisons)."""
+    return {i: x for values in average_weights(sample_values(run)).values() for i, x in values.items()}
+
+
+# -------------------------------------------------------------------------------- bench tables
+@dataclass
+class BenchTable:
+    """One benchmark's methods x budgets table.
+
+    Attributes
+    ----------
+    frame : DataFrame
+        Rows (budget, method); columns ``budget``, ``method``, ``num_samples``, per column ``c`` of
+        :attr:`columns` the value ``c`` and its interval ``c_low``, ``c_high``; ``best_average``;
+        ``run`` (folder name).
+    columns : list of str
+        Task columns followed by ``average``.
+    """
+
+    model: str
+    bench: str
+    metric: str
+    lower_is_better: bool
+    columns: list[str]
+    frame: pd.DataFrame
+    header: list[str] = field(default_factory=list)
+    unit: str = ""
+
+
+def method_rank(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+
+
+def _row(run: Run, budget: int | None, columns: list[str]) -> dict[str, Any]:
+    per_task = sample_values(run)
+    reported = run.task_scores()
+    row: dict[str, Any] = {"budget": budget, "method": run.method, "num_samples": run.num_samples}
+    for task in columns[:-1]:
+        mean, low, high = bootstrap_ci(list(per_task.get(task, {}).values()))
+        row[task] = reported.get(task, mean)
+        row[f"{task}_low"], row[f"{task}_high"] = low, high
+    weighted = [x for values in average_weights(per_task).values() for x in values.values()]
+    mean, low, high = bootstrap_ci(weighted)
+    score = run.scores.get("score")
+    row[AVERAGE] = float(score) if isinstance(score, (int, float)) else mean
+    row[f"{AVERAGE}_low"], row[f"{AVERAGE}_high"] = low, high
+    row["run"] = run.path.name
+    return row
+
+
+def best_mask(frame: pd.DataFrame, column: str, lower_is_better: bool) -> pd.Series:
+    """True where a compressed method has the best ``column`` value among compressed methods at its budget."""
+    mask = pd.Series(False, index=frame.index)
+    compressed = frame[frame["method"] != FULL_METHOD]
+    for _, part in compressed.groupby("budget", dropna=False):
+        values = part[column].dropna()
+        if values.empty:
+            continue
+        best = values.min() if lower_is_better else values.max()
+        mask.loc[values.index[np.isclose(values.to_numpy(), best, rtol=0, atol=1e-12)]] = True
+    return mask
+
+
+def _provenance(runs: Sequence[Run], profile: str | None, counts: str) -> list[str]:
+    commits = sorted({c for c in (r.commit for r in runs) if c})
+    models = sorted({r.model for r in runs})
+    return [
+        f"model: {', '.join(models)}",
+        f"profile: {profile or 'ad hoc (not a sweep profile)'}",
+        f"samples per run: {counts}",
+        f"git commit: {', '.join(commits) if commits else 'unknown'}",
+        f"runs: {len(runs)}",
+    ]
+
+
+def _sample_counts(runs: Sequence[Run]) -> str:
+    """``task n`` (or ``task min-max`` when runs differ), joined by commas."""
+    counts: dict[str, list[int]] = {}
+    for run in runs:
+        for task, n in run.task_counts().items():
+            counts.setdefault(task, []).append(n)
+    parts = []
+    for task, ns in counts.items():
+        lo, hi = min(ns), max(ns)
+        parts.append(f"{task} {lo}" if lo == hi else f"{task} {lo}-{hi}")
+    return ", ".join(parts) or "0"
+
+
+def _is_percent(runs: Sequence[Run]) -> bool:
+    """Known percent benchmarks, a declared ``unit: percent``, or a higher-is-better score above 1."""
+    first = runs[0]
+    if first.bench in PERCENT_BENCHES or any(r.scores.get("unit") == "percent" for r in runs):
+        return True
+    scores = [r.scores.get("score") for r in runs]
+    return not first.lower_is_better and any(isinstance(v, (int, float)) and v > 1.0 for v in scores)
+
+
+def bench_table(runs: Sequence[Run], profile: str | None = None) -> BenchTable:
+    """Methods x budgets table of one (model, benchmark); the full cache repeated at every budget."""
+    if not runs:
+        raise ValueError("bench_table needs at least one run")
+    first = runs[0]
+    tasks: list[str] = []
+    for run in runs:
+        tasks += [t for t in run.scores.get("per_task") or {} if t not in tasks]
+    columns = (tasks if len(tasks) > 1 else []) + [AVERAGE]
+    budgets = sorted({r.budget for r in runs if r.budget is not None})
+    rows = []
+    for run in sorted(runs, key=lambda r: method_rank(r.method)):
+        for budget in budgets if run.budget is None and budgets else [run.budget]:
+            rows.append(_row(run, budget, columns))
+    frame = pd.DataFrame(rows)
+    frame["_order"] = [method_rank(m) for m in frame["method"]]
+    frame = frame.sort_values(["budget", "_order"], kind="stable", na_position="first")
+    frame = frame.drop(columns="_order").reset_index(drop=True)
+    frame["budget"] = frame["budget"].astype("Int64")
+    lower = first.lower_is_better
+    frame["best_average"] = best_mask(frame, AVERAGE, lower)
+    ordered = ["budget", "method", "num_samples"]
+    for c in columns:
+        ordered += [c, f"{c}_low", f"{c}_high"]
+    frame = frame[[*ordered, "best_average", "run"]]
+    direction = "lower is better" if lower else "higher is better"
+    unit = "percent" if _is_percent(runs) else ""
+    header = [
+        f"{first.bench}: {first.headline} ({direction}{', ' + unit if unit else ''}), methods x budgets",
+        *_provenance(runs, profile, _sample_counts(runs)),
+        "best compressed method per budget and column in bold; intervals: 95% bootstrap over samples (CSV)",
+    ]
+    return BenchTable(
+        model=first.model,
+        bench=first.bench,
+        metric=first.headline,
+        lower_is_better=lower,
+        columns=columns,
+        frame=frame,
+        header=header,
+        unit=unit,
+    )
+
+
+def _markdown_view(table: BenchTable, digits: int) -> pd.DataFrame:
+    """Pre-formatted cells: bold best entries, the average with its interval."""
+    frame = table.frame
+    view = pd.DataFrame({"budget": [format_cell(b) if pd.notna(b) else "-" for b in frame["budget"]]})
+    view["method"] = frame["method"].to_numpy()
+    view["n"] = frame["num_samples"].to_numpy()
+    for column in table.columns:
+        best = best_mask(frame, column, table.lower_is_better)
+        cells = []
+        for i, value in enumerate(frame[column]):
+            text = format_cell(value, digits)
+            if column == AVERAGE and text:
+                low, high = frame[f"{column}_low"].iloc[i], frame[f"{column}_high"].iloc[i]
+                if pd.notna(low):
+                    text += f" [{low:.{digits}f}, {high:.{digits}f}]"
+            cells.append(f"**{text}**" if best.iloc[i] and text else text)
+        view[column] = cells
+    return view
+
+
+def write_bench_table(table: BenchTable, stem: Path, digits: int | None = None) -> list[Path]:
+    """``<stem>.csv`` (values, intervals) and ``<stem>.md`` (bold best, average interval)."""
+    if digits is None:
+        digits = 2 if table.unit == "percent" else 3
+    return write_frame(
+        table.frame,
+        stem,
+        digits=digits,
+        index=False,
+        header=table.header,
+        markdown=_markdown_view(table, digits),
+        float_format="%.4f",
+        left=2,
+    )
+
+
+# ------------------------------------------------------------------------------ summary table
+def _percent(table: BenchTable, value: float) -> float:
+    """A higher-is-better benchmark average in percent (fractions of 1 scaled by 100)."""
+    return value if table.unit == "percent" else 100.0 * value
+
+
+def summary_table(tables: Sequence[BenchTable]) -> pd.DataFrame:
+    """Per (budget, method): each benchmark's average, their mean and the mean rank.
+
+    ``mean %`` averages the higher-is-better benchmarks in percent; ``mean rank`` averages, over
+    every benchmark that ran the budget, the method's rank among the compressed methods (1 = best,
+    ties share the mean rank, lower-is-better metrics ranked ascending). The full cache is the
+    reference and has no rank.
+    """
+    parts = []
+    for table in tables:
+        part = table.frame[["budget", "method", AVERAGE]].copy()
+        part["bench"] = table.bench
+        compressed = part["method"] != FULL_METHOD
+        ranks = (
+            part[compressed]
+            .groupby("budget")[AVERAGE]
+            .rank(ascending=table.lower_is_better, method="average")
+        )
+        part["rank"] = ranks.reindex(part.index)
+        part["percent"] = np.nan if table.lower_is_better else [_percent(table, v) for v in part[AVERAGE]]
+        parts.append(part)
+    long = pd.concat(parts, ignore_index=True)
+    benches = list(dict.fromkeys(t.bench for t in tables))
+    wide = long.pivot_table(index=["budget", "method"], columns="bench", values=AVERAGE, aggfunc="first")
+    wide = wide.reindex(columns=benches)
+    stats = long.groupby(["budget", "method"]).agg(
+        mean_percent=("percent", "mean"), mean_rank=("rank", "mean"), benches=("bench", "nunique")
+    )
+    out = wide.join(stats).reset_index()
+    out["_order"] = [method_rank(m) for m in out["method"]]
+    out = out.sort_values(["budget", "_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
+    out = out.rename(columns={"mean_percent": "mean %", "mean_rank": "mean rank"})
+    out["budget"] = out["budget"].astype("Int64")
+    return out
+
+
+def write_summary(tables: Sequence[BenchTable], stem: Path, profile: str | None = None) -> list[Path]:
+    """``summary.csv`` / ``summary.md``: the across-benchmark table, best mean rank per budget in bold."""
+    frame = summary_table(tables)
+    runs_header = [
+        "summary across benchmarks: average per benchmark, mean % (higher-is-better benchmarks), mean rank",
+        f"model: {', '.join(sorted({t.model for t in tables}))}",
+        f"profile: {profile or 'ad hoc (not a sweep profile)'}",
+        "benchmarks: "
+        + ", ".join(f"{t.bench} ({t.metric}, {'lower' if t.lower_is_better else 'higher'} is better)" for t in tables),
+        "git commit: " + ", ".join(sorted({h.split(": ", 1)[1] for t in tables for h in t.header if h.startswith("git commit")})),
+        "rank among compressed methods at the same budget, 1 = best; the full cache is not ranked",
+    ]  # fmt: skip
+    view = frame.copy().astype(object)
+    best = best_mask(frame, "mean rank", lower_is_better=True)
+    view["mean rank"] = [
+        f"**{v:.2f}**" if b and pd.notna(v) else format_cell(v) for v, b in zip(frame["mean rank"], best)
+    ]
+    view["budget"] = [format_cell(b) if pd.notna(b) else "-" for b in frame["budget"]]
+    return write_frame(
+        frame, stem, digits=3, index=False, header=runs_header, markdown=view, float_format="%.4f", left=2
+    )
+
+
+# ------------------------------------------------------------------------- where the budget goes
+def budget_frame(runs: Sequence[Run]) -> pd.DataFrame:
+    """Kept entries per (method, budget, layer, KV head), mean over samples, and their share of the budget.
+
+    Columns ``method``, ``budget``, ``layer``, ``head``, ``kept`` (mean entries), ``share``
+    (``kept / budget``: 1 is the uniform allocation). Runs without ``kept_per_head.npy`` are left out.
+    """
+    rows = []
+    for run in sorted(runs, key=lambda r: (method_rank(r.method), r.budget or 0)):
+        kept = kept_mean(run) if run.budget is not None else None
+        if kept is None:
+            continue
+        for layer, heads in enumerate(kept):
+            for head, value in enumerate(heads):
+                rows.append({"method": run.method, "budget": run.budget, "layer": layer, "head": head,
+                             "kept": float(value), "share": float(value) / run.budget})  # fmt: skip
+    return pd.DataFrame(rows, columns=["method", "budget", "layer", "head", "kept", "share"])
+
+
+# ------------------------------------------------------------------------------------- driver
+def group_runs(runs: Iterable[Run]) -> dict[tuple[str, str], list[Run]]:
+    """Runs grouped by (model, bench), in a fixed order."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.model, run.bench), []).append(run)
+    return dict(sorted(groups.items()))
+
+
+def tables_and_groups(
+    source: RunSource, profile: str | None = None
+) -> tuple[list[BenchTable], dict[tuple[str, str], list[Run]]]:
+    """The benchmark tables of ``source`` and its runs grouped by (model, bench)."""
+    runs = as_runs(source)
+    return build_tables(runs, profile), group_runs(runs)
+
+
+def per_model(tables: Sequence[BenchTable], out: Path) -> list[tuple[str, Path, list[BenchTable]]]:
+    """``(model, folder, its tables)``: ``out`` itself for a single model, else ``out/<model>``."""
+    models = sorted({t.model for t in tables})
+    return [
+        (m, Path(out) if len(models) == 1 else Path(out) / m, [t for t in tables if t.model == m])
+        for m in models
+    ]
+
+
+def build_tables(runs: Sequence[Run], profile: str | None = None) -> list[BenchTable]:
+    return [bench_table(group, profile) for group in group_runs(runs).values()]
+
+
+def write_tables(source: RunSource, out: Path, profile: str | None = None) -> list[Path]:
+    """Every benchmark table and the summary of ``source`` (an output root or runs) into ``out``.
+
+    One model: ``out/<bench>.{csv,md}``, ``out/<bench>_budget.csv`` (where kept arrays exist) and
+    ``out/summary.{csv,md}``; several models: the same inside ``out/<model>/``.
+    """
+    tables, groups = tables_and_groups(source, profile)
+    written: list[Path] = []
+    for model, folder, own in per_model(tables, out):
+        for table in own:
+            written += write_bench_table(table, folder / table.bench)
+            budget = budget_frame(groups[(model, table.bench)])
+            if len(budget):
+                header = [
+                    f"{table.bench}: kept entries per layer and KV head (mean over samples)",
+                    *table.header[1:5],
+                ]
+                written.append(
+                    write_csv(
+                        budget, folder / f"{table.bench}_budget.csv", header=header, float_format="%.4f"
+                    )
+                )
+        written += write_summary(own, folder / "summary", profile)
+    return written

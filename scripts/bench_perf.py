@@ -583,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
     from tqdm import tqdm
 
+    from eval.tables import write_csv
     from lava.models import as_spec, load_model
 
     out = Path(args.out)
@@ -642,9 +643,10 @@ def main(argv: list[str] | None = None) -> int:
     table["_o"] = table["method"].map(order_key) + (table["attn"] == "lava") * 0.5
     table = table.sort_values(["length", "budget_spec", "_o"], key=_budget_sort).drop(columns="_o")
     table = table[list(COLUMNS)]
-    table.to_csv(out / "perf.csv", index=False, float_format="%.6g")
-    raw_table = pd.DataFrame([{k: v for k, v in r.items() if k != "tokens"} for r in raw])
-    raw_table.to_csv(out / "perf_raw.csv", index=False, float_format="%.6g")
+    write_csv(table, out / "perf.csv")
+    write_csv(
+        pd.DataFrame([{k: v for k, v in r.items() if k != "tokens"} for r in raw]), out / "perf_raw.csv"
+    )
     write_plot(table, out / "perf.png")
     meta = {
         "command": "python scripts/bench_perf.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -2,33 +2,33 @@
 
     python scripts/reproduce_tables.py                 # configs/sweep/cpu.yaml, its default benches
     python scripts/reproduce_tables.py --bench niah    # one bench of the profile
+    python scripts/reproduce_tables.py --report-only   # rebuild results/ from the existing run folders
 
 Each (bench, method, budget) is an ordinary run folder under ``--output-root`` (resumable: a
-killed sweep continues where it stopped); the tables are rebuilt from their ``scores.json``.
+killed sweep continues where it stopped); tables, figures and claims are rebuilt from the run folders (:func:`write_results`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-import pandas as pd
 import yaml
 from hydra import compose, initialize_config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from eval.plots import plt  # noqa: E402  (headless backend set there)
+from eval.collect import Run, find_runs, load_run  # noqa: E402
+from eval.results import write_results  # noqa: E402
 from eval.runner import run, run_dir_for  # noqa: E402
-from eval.tables import markdown_table  # noqa: E402
 from lava.errors import UserError  # noqa: E402
 
 
-def sweep(profile: dict, benches: list[str], output_root: Path) -> pd.DataFrame:
-    rows = []
+def sweep(profile: dict, benches: list[str], output_root: Path) -> list[Run]:
+    """Run (or resume) every (bench, method, budget) of the profile; the full cache once per bench."""
+    runs = []
     for bench in benches:
         for method in profile["methods"]:
             budgets = profile["budgets"] if method != "full" else profile["budgets"][:1]
@@ -42,38 +42,9 @@ def sweep(profile: dict, benches: list[str], output_root: Path) -> pd.DataFrame:
                 ]
                 with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
                     cfg = compose(config_name="config", overrides=overrides)
-                summary = run(cfg)
-                scores = json.loads((run_dir_for(cfg) / "scores.json").read_text())
-                for b in budgets if method == "full" else [budget]:
-                    rows.append(
-                        {
-                            "bench": bench,
-                            "method": method,
-                            "budget": b,
-                            "score": summary.score,
-                            "per_task": scores.get("per_task", {}),
-                            "run_dir": str(summary.run_dir),
-                        }
-                    )
-    return pd.DataFrame(rows)
-
-
-def write_tables(df: pd.DataFrame, out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for bench, part in df.groupby("bench"):
-        table = part.pivot_table(index="method", columns="budget", values="score").round(4)
-        table.to_csv(out / f"{bench}.csv")
-        (out / f"{bench}.md").write_text(markdown_table(table, digits=4))
-        fig, ax = plt.subplots(figsize=(8, 4))
-        table.plot.bar(ax=ax)
-        ax.set_ylabel("score")
-        ax.set_title(f"{bench}: score by method and budget (SmolLM2-135M, CPU)")
-        fig.tight_layout()
-        fig.savefig(out / f"{bench}.png", dpi=110)
-        plt.close(fig)
-        written += [out / f"{bench}.csv", out / f"{bench}.md", out / f"{bench}.png"]
-    return written
+                run(cfg)
+                runs.append(load_run(run_dir_for(cfg)))
+    return runs
 
 
 def main() -> None:
@@ -83,7 +54,15 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, default=REPO / "configs" / "sweep" / "cpu.yaml")
     parser.add_argument("--bench", action="append", help="bench(es) of the profile to run (default: all)")
     parser.add_argument("--output-root", type=Path, default=REPO / "outputs" / "reproduce")
-    parser.add_argument("--results", type=Path, default=REPO / "results" / "tables")
+    parser.add_argument("--results", type=Path, default=REPO / "results", help="tables/, figures/, claims.md")
+    parser.add_argument(
+        "--perf", type=Path, default=REPO / "results" / "perf" / "perf.csv", help="make bench-perf's CSV"
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: rebuild results/ from every run folder under --output-root",
+    )
     args = parser.parse_args()
     profile = yaml.safe_load(args.profile.read_text())
     benches = args.bench or profile.get("default_benches", list(profile["benches"]))
@@ -91,11 +70,15 @@ def main() -> None:
     try:
         if unknown:
             raise UserError(f"unknown bench(es) {unknown}; the profile has {sorted(profile['benches'])}")
-        df = sweep(profile, benches, args.output_root)
+        runs = find_runs(args.output_root) if args.report_only else sweep(profile, benches, args.output_root)
+        if not runs:
+            raise UserError(
+                f"no finished run folders under {args.output_root}; run without --report-only first"
+            )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    for path in write_tables(df, args.results):
+    for path in write_results(runs, args.results, args.profile.stem, args.perf):
         print(path)
 
 

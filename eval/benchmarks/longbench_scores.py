@@ -10,11 +10,12 @@ the mean of the 16 English and code tasks. LongBench-E puts each sample in a buc
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from eval.benchmarks.longbench_tasks import (
     ALL_TASKS,
@@ -25,6 +26,7 @@ from eval.benchmarks.longbench_tasks import (
     tasks_of_language,
 )
 from eval.metrics.longbench import task_score
+from eval.tables import write_frame
 
 BUCKETS: tuple[str, ...] = ("0-4k", "4-8k", "8k+")
 
@@ -142,17 +144,9 @@ def _fmt(value: Any) -> str:
 
 
 def write_table(run_dir: Path, stem: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[Path]:
-    """Write ``<stem>.csv`` and ``<stem>.md`` (a GitHub table); empty cells for missing values."""
-    cells = [[_fmt(v) for v in row] for row in rows]
-    csv_path, md_path = run_dir / f"{stem}.csv", run_dir / f"{stem}.md"
-    with csv_path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(cells)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(c or "n/a" for c in row) + " |" for row in cells]
-    md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return [csv_path, md_path]
+    """Write ``<stem>.csv`` and ``<stem>.md`` (a GitHub table); empty cells (``n/a`` in Markdown) for missing values."""
+    frame = pd.DataFrame([[_fmt(v) for v in row] for row in rows], columns=list(header))
+    return write_frame(frame, run_dir / stem, index=False, na="n/a", left=1)
 
 
 def write_longbench_tables(run_dir: Path, scores: dict[str, Any]) -> list[Path]:

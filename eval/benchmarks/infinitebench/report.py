@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from eval.benchmarks.infinitebench.tasks import ALL_TASKS
+from eval.tables import write_frame
 
 
 def task_table(records: Sequence[dict[str, Any]], headline: str = "score") -> pd.DataFrame:
@@ -43,14 +44,15 @@ def summarise(records: Sequence[dict[str, Any]], headline: str = "score") -> dic
     }
 
 
-def markdown_table(table: pd.DataFrame) -> str:
-    """The task table plus an average row, as GitHub Markdown (no ``tabulate`` needed)."""
-    lines = ["| task | samples | score (%) |", "|---|---:|---:|"]
-    for row in table.itertuples():
-        lines.append(f"| {row.task} | {row.num_samples} | {row.score:.2f} |")
+def display_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """The task table plus an ``average`` row (sample total, mean of task scores), task first."""
+    frame = table.set_index("task")[["num_samples", "score"]].rename(
+        columns={"num_samples": "samples", "score": "score (%)"}
+    )
     if len(table):
-        lines.append(f"| **average** | {int(table['num_samples'].sum())} | {table['score'].mean():.2f} |")
-    return "\n".join(lines) + "\n"
+        frame.loc["**average**"] = [int(table["num_samples"].sum()), table["score"].mean()]
+    frame["samples"] = frame["samples"].astype(int)
+    return frame.reset_index()
 
 
 def write_tables(run_dir: Path, records: Sequence[dict[str, Any]], headline: str = "score") -> list[Path]:
@@ -58,8 +60,5 @@ def write_tables(run_dir: Path, records: Sequence[dict[str, Any]], headline: str
     if not records:
         return []
     table = task_table(records, headline)
-    csv_path = Path(run_dir) / "infinitebench_tasks.csv"
-    md_path = Path(run_dir) / "infinitebench_tasks.md"
-    table.to_csv(csv_path, index=False, float_format="%.4f")
-    md_path.write_text(markdown_table(table), encoding="utf-8")
-    return [csv_path, md_path]
+    stem = Path(run_dir) / "infinitebench_tasks"
+    return write_frame(table, stem, index=False, float_format="%.4f", markdown=display_frame(table), left=1)

@@ -16,7 +16,7 @@ import pandas as pd
 
 from eval.benchmarks.ruler.tasks import ALL_TASKS, TASKS
 from eval.metrics.ruler import postprocess_pred
-from eval.tables import markdown_table
+from eval.tables import write_frame
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -87,9 +87,4 @@ def table_frame(summary: dict[str, Any]) -> pd.DataFrame:
 
 def write_tables(summary: dict[str, Any], run_dir: Path) -> list[Path]:
     """Write ``ruler_scores.csv`` and ``ruler_scores.md`` into ``run_dir``; return their paths."""
-    frame = table_frame(summary)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = run_dir / "ruler_scores.csv", run_dir / "ruler_scores.md"
-    frame.to_csv(csv_path, float_format="%.2f")
-    md_path.write_text(markdown_table(frame), encoding="utf-8")
-    return [csv_path, md_path]
+    return write_frame(table_frame(summary), Path(run_dir) / "ruler_scores", digits=2)

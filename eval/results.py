@@ -1,0 +1,37 @@
+"""Everything a researcher reads, from run folders: ``results/tables``, ``results/figures``,
+``results/claims.md`` and ``results/runs.csv``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eval.claims import write_claims
+from eval.collect import RunSource, as_runs, write_tidy_csv
+from eval.plots import write_figures
+from eval.tables import write_tables
+
+
+def write_results(
+    source: RunSource, results: Path, profile: str | None = None, perf_csv: Path | None = None
+) -> list[Path]:
+    """Every table, figure and claim of ``source`` (an output root or runs) under ``results``.
+
+    Parameters
+    ----------
+    source : Path or sequence of Run
+        An output root (every finished run folder under it) or the runs of one sweep.
+    results : Path
+        Receives ``tables/``, ``figures/``, ``claims.md``, ``claims.csv`` and ``runs.csv``.
+    profile : str, optional
+        Sweep profile name recorded in every header (``cpu``, ``paper``).
+    perf_csv : Path, optional
+        ``results/perf/perf.csv`` of ``make bench-perf``, drawn as ``figures/perf.png`` when present.
+    """
+    runs = as_runs(source)
+    results = Path(results)
+    return [
+        *write_tables(runs, results / "tables", profile),
+        *write_figures(runs, results / "figures", perf_csv=perf_csv, profile=profile),
+        *write_claims(runs, results, profile),
+        write_tidy_csv(runs, results / "runs.csv"),
+    ]
