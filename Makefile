@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM=false
 # 2-thread runs up to 4x slower (docs/perf.md); on an idle machine the difference is small.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup run test lint format bench-perf reproduce-tables clean
+.PHONY: setup run test lint format bench-perf bench-sweep reproduce-tables clean
 
 setup: $(VENV)/.installed
 
@@ -44,6 +44,9 @@ format: setup
 
 bench-perf: setup
 	$(PY) scripts/bench_perf.py $(ARGS)
+
+bench-sweep: setup
+	$(PY) scripts/bench_sweep.py $(ARGS)
 
 reproduce-tables: setup
 	$(PY) scripts/reproduce_tables.py $(ARGS)

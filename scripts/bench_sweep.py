@@ -75,62 +75,56 @@ def _configs(methods: list[str], budgets: list[int]) -> list[tuple[str, int]]:
 
 
 def _phase_totals(output_root: Path) -> dict[str, float]:
-    """Sum each phase over every record of every run folder under ``output_root``.
-
-    A phase shared by the configurations of one sample (the sweep's prefill and scoring) is stored
-    in every one of its records with ``shared_*`` set; it is counted once per sample.
-    """
+    """Each phase summed over every record of every run folder under ``output_root`` (single runs)."""
     totals = dict.fromkeys(PHASES, 0.0)
-    shared_seen: set[tuple[str, str]] = set()
     for path in output_root.rglob("predictions.jsonl"):
         for line in path.read_text().splitlines():
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            for phase in PHASES:
-                value = float(record.get(phase, 0.0) or 0.0)
-                group = record.get("sweep_group")
-                if group is not None and phase in ("prefill_seconds", "scoring_seconds"):
-                    key = (group, phase)
-                    if key in shared_seen:
-                        continue
-                    shared_seen.add(key)
-                totals[phase] += value
+            if line.strip():
+                record = json.loads(line)
+                for phase in PHASES:
+                    totals[phase] += float(record.get(phase, 0.0) or 0.0)
     return {k: round(v, 2) for k, v in totals.items()}
 
 
-def run_leg(leg: str, methods: list[str], budgets: list[int], limit: int | None, out_json: Path) -> None:
+def run_leg(
+    leg: str, methods: list[str], budgets: list[int], limit: int | None, bench: list[str], out_json: Path
+) -> None:
     """Worker: run one leg in this process and write its measurements to ``out_json``."""
     from eval.runner import run
 
     output_root = Path(tempfile.mkdtemp(prefix=f"bench-sweep-{leg}-"))
-    common = [*BENCH, f"output_root={output_root}", "progress=false"]
+    common = [*bench, f"output_root={output_root}", "progress=false"]
     if limit is not None:
         common.append(f"limit={limit}")
     configs = _configs(methods, budgets)
     wall0, cpu0 = time.perf_counter(), time.process_time()
+    phases = None
     if leg == "full":
         configs = [("full", budgets[0])]
         run(_compose([*common, "method=full"]))
     elif leg == "sweep":
-        run(_compose([*common, f"methods=[{','.join(methods)}]", f"budgets=[{','.join(map(str, budgets))}]"]))
+        summary = run(
+            _compose([*common, f"methods=[{','.join(methods)}]", f"budgets=[{','.join(map(str, budgets))}]"])
+        )
+        # Shared phases are counted once (records repeat them in every configuration of a sample).
+        phases = {f"{k}_seconds": v for k, v in summary.phase_seconds.items()}
     elif leg == "one_by_one":
         for method, budget in configs:
             run(_compose([*common, f"method={method}", f"budget={budget}"]))
     else:
         raise SystemExit(f"unknown leg {leg!r}")
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    samples = sum(1 for _ in output_root.rglob("predictions.jsonl"))
+    folders = list(output_root.rglob("predictions.jsonl"))
     result = {
         "leg": leg,
         "configurations": len(configs),
-        "samples": limit if limit is not None else 9,
+        "samples": len(folders[0].read_text().splitlines()) if folders else 0,
         "wall_seconds": round(wall, 1),
         "cpu_seconds": round(cpu, 1),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "run_folders": samples,
+        "run_folders": len(folders),
         "load_average": os.getloadavg(),
-        **_phase_totals(output_root),
+        **(phases or _phase_totals(output_root)),
     }
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(result, indent=2) + "\n")
@@ -145,13 +139,14 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=METHODS)
     parser.add_argument("--budgets", nargs="+", type=int, default=BUDGETS)
     parser.add_argument("--limit", type=int, default=None, help="samples per configuration (default: all 9)")
+    parser.add_argument("--bench", nargs="+", default=BENCH, help="Hydra overrides choosing the samples")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "perf")
     parser.add_argument("--reuse", type=Path, default=None, help="folder of leg JSON files measured earlier")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        run_leg(args.worker, args.methods, args.budgets, args.limit, args.worker_out)
+        run_leg(args.worker, args.methods, args.budgets, args.limit, args.bench, args.worker_out)
         return
     legs_dir = args.out / "sweep_legs"
     results = {}
@@ -161,7 +156,7 @@ def main() -> None:
     for leg in args.legs:
         out_json = legs_dir / f"{leg}.json"
         cmd = [sys.executable, __file__, "--worker", leg, "--worker-out", str(out_json)]
-        cmd += ["--methods", *args.methods, "--budgets", *map(str, args.budgets)]
+        cmd += ["--methods", *args.methods, "--budgets", *map(str, args.budgets), "--bench", *args.bench]
         if args.limit is not None:
             cmd += ["--limit", str(args.limit)]
         subprocess.run(cmd, check=True, cwd=ROOT)

@@ -136,3 +136,21 @@ def test_bad_sweep_input_one_line_error(tmp_path, args, message):
     assert result.stderr.strip().splitlines() == [f"error: {result.stderr.strip()[7:]}"]
     assert message in result.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_merged_shards_hold_the_files_of_a_single_run(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    from merge_shards import merge
+
+    shards = [
+        run(
+            _cfg("method=snapkv", "budget=64", f"shard={i}", "num_shards=2", f"output_root={tmp_path}")
+        ).run_dir
+        for i in range(2)
+    ]
+    single = run(_cfg("method=snapkv", "budget=64", f"output_root={tmp_path / 'single'}")).run_dir
+    scores = merge(shards, tmp_path / "merged")
+    assert scores["num_samples"] == 9
+    assert sorted(p.name for p in (tmp_path / "merged").iterdir()) == sorted(p.name for p in single.iterdir())
+    kept = np.load(tmp_path / "merged" / "kept_per_head.npy")
+    assert kept.shape == np.load(single / "kept_per_head.npy").shape
