@@ -145,3 +145,23 @@ def test_non_monotone_allocator_allocates_once(smollm2, methods):
     assert cache.layer_budgets == expected
     online, _ = _first_layer_pending(model, build("lava", 64), input_ids)
     assert online == [False] * num_layers  # the monotone scheme stores each layer at once
+
+
+def test_multi_token_forward_matches_step_by_step(smollm2, methods):
+    """A q > 1 forward (teacher forcing) through a compressed cache uses the cached prompt mask; its
+    logits equal feeding the same tokens one by one (causal among the new tokens)."""
+    from lava.compat import cache_kwargs
+
+    model, tok = smollm2
+    input_ids = torch.tensor([_prompts(tok)["long"]])
+    continuation = torch.tensor([tok.encode(" Rex is a very good dog who likes to sleep")])
+    method = methods[0]
+    logits = []
+    for chunks in ([continuation], list(continuation.split(1, dim=1))):
+        cache = method.make_cache(model, 2)  # a small reserve: the tail grows while feeding
+        with torch.inference_mode():
+            model(input_ids=input_ids, **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1)
+            out = [model(input_ids=c, **cache_kwargs(model, cache), use_cache=True).logits for c in chunks]
+        logits.append(torch.cat(out, dim=1))
+    assert logits[0].shape[1] == continuation.shape[1] > 4
+    torch.testing.assert_close(logits[0], logits[1], atol=2e-4, rtol=1e-4)
