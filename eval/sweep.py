@@ -176,6 +176,12 @@ def run_sweep(cfg: DictConfig) -> SweepSummary:
         configs.append(SweepConfig(name, budget, single, build_method(single), run_dir, []))
     spec = as_spec(cfg.model)
     bench = build_benchmark(cfg)
+    if getattr(bench, "teacher_forced", False):
+        # The per-sample hook is shared_prefill(): it gives every configuration's cache and the full
+        # cache of one prefill; the teacher-forced benchmark's library functions take them from there.
+        raise UserError(
+            f"bench {bench.name} is teacher-forced and cannot be swept yet; run method=... budget=..."
+        )
     for config in configs:
         config.done = read_done(config.run_dir / "predictions.jsonl")
     torch.manual_seed(cfg.seed)
