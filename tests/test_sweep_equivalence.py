@@ -28,7 +28,7 @@ from lava.policy import scorer_key
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BUDGETS = (64, 160)
-NEW_TOKENS = 10
+NEW_TOKENS = 8
 TIE = 1e-4
 TIES: list[str] = []  # reported at the end of the module
 
