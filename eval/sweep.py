@@ -237,6 +237,8 @@ def run_sweep(cfg: DictConfig) -> SweepSummary:
                 record = make_record(sample, bench, tokenizer, prompt_ids, gen, cache, times)
                 writers[i].write(record)
                 config.new.append(record)
+            # Free this sample's caches before the next prefill (otherwise two samples' caches coexist).
+            prefill = gens = cache = None
     finally:
         for writer in writers:
             writer.close()
