@@ -23,7 +23,7 @@ LOWEST_TESTS        ?= tests/test_transformers_range.py tests/test_cake_budgets.
                        tests/test_model_families.py tests/test_token_identical.py tests/test_entry_counts.py \
                        tests/test_checks.py tests/test_niah.py
 
-.PHONY: setup run test test-lowest lint format bench-perf reproduce-tables gpu-check gpu-wheels clean
+.PHONY: setup run test test-lowest lint format bench-perf bench-sweep reproduce-tables gpu-check gpu-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -69,6 +69,9 @@ format: setup
 
 bench-perf: setup
 	$(PY) scripts/bench_perf.py $(ARGS)
+
+bench-sweep: setup
+	$(PY) scripts/bench_sweep.py $(ARGS)
 
 reproduce-tables: setup
 	$(PY) scripts/reproduce_tables.py $(ARGS)

@@ -1,4 +1,5 @@
-"""Entry point: ``python run.py method=lava bench=niah model=smollm2-135m budget=128``."""
+"""Entry point: ``python run.py method=lava bench=niah model=smollm2-135m budget=128``; a sweep:
+``python run.py bench=niah methods=all budgets=[64,128,256]`` (docs/sweep.md)."""
 
 from __future__ import annotations
 

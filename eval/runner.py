@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from eval import checks
 from eval.benchmarks.base import Benchmark, PromptContext, Sample
 from eval.generation import greedy_generate
+from eval.methods import build_method, canonical, is_full
 from eval.provenance import git_commit, package_versions, peak_memory
 from eval.records import RecordWriter, load_records, write_json_atomic
 from lava.errors import UserError
@@ -44,7 +45,8 @@ class RunSummary:
 def validate(cfg: DictConfig) -> None:
     """One-line errors for values Hydra's schema-less config cannot check."""
     budget = cfg.get("budget")
-    if not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0:
+    full = isinstance(cfg.get("method"), DictConfig) and is_full(cfg.method)
+    if not full and (not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0):
         raise UserError(
             f"budget={budget} is invalid; give a positive integer (entries per KV head per layer)"
         )
@@ -59,25 +61,27 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(
                 f"config group '{group}' is missing or has no 'name'; pick one with {group}=<name>"
             )
+    checks.check_config(cfg)
 
 
 def run_identity(cfg: DictConfig) -> dict[str, Any]:
+    """What identifies a run: :data:`IDENTITY_KEYS`, without the budget for the full cache."""
+    keys = [k for k in IDENTITY_KEYS if not (k == "budget" and is_full(cfg.method))]
     return {
         k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
-        for k in IDENTITY_KEYS
+        for k in keys
     }
 
 
 def run_dir_for(cfg: DictConfig) -> Path:
-    """``<output_root>/<model>/<bench>/<method>-b<budget>-<hash>``; the hash covers :data:`IDENTITY_KEYS`."""
+    """``<output_root>/<model>/<bench>/<method>-b<budget>-<hash>`` (``full-<hash>`` for the full cache);
+    the hash covers :func:`run_identity`."""
     identity = json.dumps(run_identity(cfg), sort_keys=True, default=str)
     digest = hashlib.sha1(identity.encode()).hexdigest()[:8]
     shard = f"-shard{cfg.shard}of{cfg.num_shards}" if cfg.get("num_shards", 1) > 1 else ""
+    budget = "" if is_full(cfg.method) else f"-b{cfg.budget}"
     return (
-        Path(cfg.output_root)
-        / cfg.model.name
-        / cfg.bench.name
-        / f"{cfg.method.name}-b{cfg.budget}-{digest}{shard}"
+        Path(cfg.output_root) / cfg.model.name / cfg.bench.name / f"{cfg.method.name}{budget}-{digest}{shard}"
     )
 
 
@@ -122,61 +126,40 @@ def new_cache(method: Any, model: Any, max_new_tokens: int) -> Any:
     return DynamicCache(config=model.config)
 
 
-def build_method(cfg: DictConfig) -> Any:
-    """The compression method of the config, or None for the full cache (a method without ``_target_``)."""
-    return _instantiate(cfg.method, "method") if "_target_" in cfg.method else None
+def run(cfg: DictConfig) -> Any:
+    """Run (or resume) one configuration and write its run folder; with ``methods=`` set, a sweep
+    (:func:`eval.sweep.run_sweep`)."""
+    if cfg.get("methods") is not None:
+        from eval.sweep import run_sweep
 
-
-def run(cfg: DictConfig) -> RunSummary:
-    """Run (or resume) one configuration and write its run folder."""
+        return run_sweep(cfg)
     t_start = time.perf_counter()
     validate(cfg)
-    checks.check_config(cfg)
+    cfg = canonical(cfg)
     spec = as_spec(cfg.model)
     bench = build_benchmark(cfg)
     method = build_method(cfg)
     run_dir = run_dir_for(cfg)
     predictions_path = run_dir / "predictions.jsonl"
-    done, notes = load_records(predictions_path)
-    for note in notes:
-        print(f"[lava] recovered: {note}")
+    done = read_done(predictions_path)
 
     import torch
 
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(spec)
-    ctx = PromptContext(
-        tokenizer=tokenizer,
-        model_name=spec.name,
-        max_prompt_tokens=spec.max_prompt_tokens,
-        seed=cfg.seed,
-        chat_template=spec.chat_template,
-    )
-    checks.check_prompt_lengths(bench, ctx, spec.max_context, cfg)
-    # Samples before weights: data errors surface in seconds, before the model is loaded.
-    samples = list(bench.samples(ctx))
-    if cfg.num_shards > 1:
-        samples = samples[cfg.shard :: cfg.num_shards]
-    if cfg.limit is not None:
-        samples = samples[: cfg.limit]
+    samples = load_samples(cfg, bench, tokenizer, spec)
     ids = [s.id for s in samples]
-    if len(set(ids)) != len(ids):
-        raise UserError(f"bench {bench.name} produced duplicate sample ids; its ids must be unique")
     done_ids = {r["id"] for r in done}
     todo = [s for s in samples if s.id not in done_ids]
     model, tokenizer = load_model(spec, tokenizer)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    describe = getattr(method, "describe", None)
-    write_json_atomic(
-        run_dir / "method.json", describe() if callable(describe) else {"name": cfg.method.name}
-    )
+    open_run_folder(run_dir, cfg, method)
     eos_ids = stop_token_ids(tokenizer, spec, model)
     newline_id = newline_token_id(tokenizer)
     device = next(model.parameters()).device
+    min_new = min_new_tokens(bench, cfg)
     new_records: list[dict[str, Any]] = []
-    warned_long = False
+    warn = LengthWarning(spec)
     bar = tqdm(
         todo,
         desc=f"{bench.name}/{cfg.method.name}",
@@ -188,17 +171,14 @@ def run(cfg: DictConfig) -> RunSummary:
     with RecordWriter(predictions_path) as writer:
         for sample in bar:
             prompt_ids = build_prompt_ids(sample, tokenizer, spec)
-            if not warned_long and len(prompt_ids) + sample.max_new_tokens > spec.max_context:
-                warned_long = True
-                tqdm.write(
-                    f"[lava] warning: {sample.id} needs {len(prompt_ids)}+{sample.max_new_tokens} tokens, "
-                    f"beyond model.max_context={spec.max_context}"
-                )
+            warn.check(sample, prompt_ids)
             stops = eos_ids + ([newline_id] if sample.stop_newline else [])
             input_ids = torch.tensor([prompt_ids], device=device)
             # --- teacher-forced benchmarks (fidelity): scored in one prefill and two forwards, no decoding
             if getattr(bench, "teacher_forced", False):
-                record = bench.run_sample(model, new_cache(method, model, sample.max_new_tokens), prompt_ids, sample)
+                record = bench.run_sample(
+                    model, new_cache(method, model, sample.max_new_tokens), prompt_ids, sample
+                )
                 writer.write(record)
                 new_records.append(record)
                 continue
@@ -210,54 +190,152 @@ def run(cfg: DictConfig) -> RunSummary:
                 max_new_tokens=sample.max_new_tokens,
                 stop_ids=stops,
                 cache=cache,
-                min_new_tokens=bench.min_new_tokens,
+                min_new_tokens=min_new,
             )
-            record = {
-                "id": sample.id,
-                "task": sample.task,
-                "prediction": tokenizer.decode(gen.token_ids, skip_special_tokens=True),
-                "references": sample.references,
-                "meta": sample.meta,
-                "prompt_tokens": len(prompt_ids),
-                "new_tokens": len(gen.token_ids),
-                "stop_reason": gen.stop_reason,
-                "prefill_seconds": round(gen.prefill_seconds, 4),
-                "decode_seconds": round(gen.decode_seconds, 4),
+            timings = getattr(cache, "timings", {})
+            phases = {
+                "prefill_seconds": gen.prefill_seconds,
+                "scoring_seconds": timings.get("scoring", 0.0),
+                "allocation_seconds": timings.get("allocation", 0.0),
+                "decode_seconds": gen.decode_seconds,
             }
-            record.update(_cache_report(cache))
-            record["scores"] = bench.score(record)
+            record = make_record(sample, bench, tokenizer, prompt_ids, gen, cache, phases)
             writer.write(record)
             new_records.append(record)
             bar.set_postfix({bench.headline_metric(): f"{record['scores'][bench.headline_metric()]:.2f}"})
     bar.close()
-
     by_id = {r["id"]: r for r in done + new_records}
     records = [by_id[i] for i in ids if i in by_id]
+    return finish_run(run_dir, cfg, bench, records, new_records, time.perf_counter() - t_start, str(device))
+
+
+def read_done(predictions_path: Path) -> list[dict[str, Any]]:
+    """Finished records of a run folder (a torn last line repaired and reported)."""
+    done, notes = load_records(predictions_path)
+    for note in notes:
+        print(f"[lava] recovered: {note}")
+    return done
+
+
+def load_samples(cfg: DictConfig, bench: Benchmark, tokenizer: Any, spec: ModelSpec) -> list[Sample]:
+    """The run's samples (this shard's, at most ``limit``), before any model weights are loaded."""
+    ctx = PromptContext(
+        tokenizer=tokenizer,
+        model_name=spec.name,
+        max_prompt_tokens=spec.max_prompt_tokens,
+        seed=cfg.seed,
+        chat_template=spec.chat_template,
+    )
+    checks.check_prompt_lengths(bench, ctx, spec.max_context, cfg)  # before generating any sample
+    samples = list(bench.samples(ctx))
+    if cfg.num_shards > 1:
+        samples = samples[cfg.shard :: cfg.num_shards]
+    if cfg.limit is not None:
+        samples = samples[: cfg.limit]
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        raise UserError(f"bench {bench.name} produced duplicate sample ids; its ids must be unique")
+    return samples
+
+
+def min_new_tokens(bench: Benchmark, cfg: DictConfig) -> int:
+    """The benchmark's ``min_new_tokens`` (older benchmarks: the top-level config key)."""
+    return int(getattr(bench, "min_new_tokens", cfg.get("min_new_tokens", 1)))
+
+
+def open_run_folder(run_dir: Path, cfg: DictConfig, method: Any) -> None:
+    """Create the folder and write what defines the run (``config.yaml``, ``method.json``)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    describe = getattr(method, "describe", None)
+    write_json_atomic(
+        run_dir / "method.json", describe() if callable(describe) else {"name": cfg.method.name}
+    )
+
+
+class LengthWarning:
+    """Warns once when a prompt plus its generation exceeds the model's context."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec, self.warned = spec, False
+
+    def check(self, sample: Sample, prompt_ids: list[int]) -> None:
+        if not self.warned and len(prompt_ids) + sample.max_new_tokens > self.spec.max_context:
+            self.warned = True
+            tqdm.write(
+                f"[lava] warning: {sample.id} needs {len(prompt_ids)}+{sample.max_new_tokens} tokens, "
+                f"beyond model.max_context={self.spec.max_context}"
+            )
+
+
+def make_record(
+    sample: Sample,
+    bench: Benchmark,
+    tokenizer: Any,
+    prompt_ids: list[int],
+    gen: Any,
+    cache: Any,
+    phases: dict[str, float],
+) -> dict[str, Any]:
+    """One line of ``predictions.jsonl``: the prediction, what the cache kept, timings, scores."""
+    record = {
+        "id": sample.id,
+        "task": sample.task,
+        "prediction": tokenizer.decode(gen.token_ids, skip_special_tokens=True),
+        "references": sample.references,
+        "meta": sample.meta,
+        "prompt_tokens": len(prompt_ids),
+        "new_tokens": len(gen.token_ids),
+        "stop_reason": gen.stop_reason,
+        **{name: round(seconds, 4) for name, seconds in phases.items()},
+    }
+    record.update(_cache_report(cache, len(prompt_ids)))
+    record["scores"] = bench.score(record)
+    return record
+
+
+PHASES = ("prefill_seconds", "scoring_seconds", "allocation_seconds", "decode_seconds")
+
+
+def finish_run(
+    run_dir: Path,
+    cfg: DictConfig,
+    bench: Benchmark,
+    records: list[dict[str, Any]],
+    new_records: list[dict[str, Any]],
+    elapsed: float,
+    device: str,
+    extra_timings: dict[str, Any] | None = None,
+) -> RunSummary:
+    """Write ``scores.json``, the benchmark's artifacts, ``kept_per_head.npy`` and ``run_meta.json``.
+
+    ``records`` are all the run's records in sample order; ``new_records`` those produced now.
+    """
     scores = bench.aggregate(records)
     write_json_atomic(run_dir / "scores.json", scores)
     artifacts = bench.write_artifacts(run_dir, records)
     kept_path = _write_kept_array(run_dir, records)
     if kept_path is not None:
         artifacts.append(kept_path)
-    elapsed = time.perf_counter() - t_start
     gen_tokens = sum(r["new_tokens"] for r in new_records)
+    timings = {
+        "elapsed_seconds": round(elapsed, 2),
+        **{p: round(sum(r.get(p, 0.0) for r in new_records), 3) for p in PHASES},
+        "new_samples": len(new_records),
+        "generated_tokens": gen_tokens,
+        **(extra_timings or {}),
+    }
     meta = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "versions": package_versions(),
         "git": git_commit(),
-        "timings": {
-            "elapsed_seconds": round(elapsed, 2),
-            "prefill_seconds": round(sum(r["prefill_seconds"] for r in new_records), 3),
-            "decode_seconds": round(sum(r["decode_seconds"] for r in new_records), 3),
-            "new_samples": len(new_records),
-            "generated_tokens": gen_tokens,
-        },
+        "timings": timings,
         "prompt_tokens": {
             "total": sum(r["prompt_tokens"] for r in records),
             "max": max((r["prompt_tokens"] for r in records), default=0),
         },
         "memory": peak_memory(),
-        "device": str(device),
+        "device": device,
     }
     write_json_atomic(run_dir / "run_meta.json", meta)
     return RunSummary(
@@ -268,7 +346,7 @@ def run(cfg: DictConfig) -> RunSummary:
         new_samples=len(new_records),
         elapsed_seconds=elapsed,
         generated_tokens=gen_tokens,
-        paths=[predictions_path, run_dir / "scores.json", run_dir / "run_meta.json", *artifacts],
+        paths=[run_dir / "predictions.jsonl", run_dir / "scores.json", run_dir / "run_meta.json", *artifacts],
     )
 
 
@@ -284,13 +362,23 @@ def _write_kept_array(run_dir: Path, records: list[dict[str, Any]]) -> Path | No
     return path
 
 
-def _cache_report(cache: Any) -> dict[str, Any]:
-    """What a compressing cache kept (entries per layer and head, bytes); empty for a plain cache."""
+def _cache_report(cache: Any, prompt_len: int) -> dict[str, Any]:
+    """What a compressing cache kept (entries per layer and head, bytes); for a plain cache, the bytes
+    of its prompt keys and values (``(B, H, T, d)`` per layer, decode steps excluded)."""
     report = getattr(cache, "report", None)
-    return report() if callable(report) else {}
+    if callable(report):
+        return report()
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if tensor is not None and tensor.dim() == 4:
+                total += tensor[:, :, :prompt_len].numel() * tensor.element_size()
+    return {"cache_bytes": total}
 
 
-def format_summary(summary: RunSummary) -> str:
+def format_summary(summary: Any) -> str:
+    if not isinstance(summary, RunSummary):  # a sweep formats itself
+        return summary.format()
     decode_rate = summary.generated_tokens / summary.elapsed_seconds if summary.elapsed_seconds else 0.0
     lines = [
         "",

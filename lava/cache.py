@@ -12,6 +12,7 @@ The logical sequence length stays the uncompressed one, so RoPE positions contin
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,6 +25,7 @@ from lava.attention import (
     packed_attention,
 )
 from lava.compat import require_transformers
+from lava.policy import BudgetPlan, evicts, keep_all_ranks, kept_entries, ranks_by_score, score_layer
 
 require_transformers()  # before the import below, which fails on transformers without CacheLayerMixin
 from transformers.cache_utils import Cache, CacheLayerMixin  # noqa: E402
@@ -56,8 +58,6 @@ class CompressedLayer(CacheLayerMixin):
         self.num_kv_heads = 0
         self.full_keys: torch.Tensor | None = None  # (Hkv, n, d) between prefill and compression
         self.full_values: torch.Tensor | None = None
-        self.scores: torch.Tensor | None = None  # (Hkv, P) scorer output, kept for later shrinking
-        self.prepared: Any = None  # the head allocator's precomputation on ``scores``
         self.prefix_kept: torch.Tensor | None = None  # (Hkv,) top-k size per head
         self.num_prompt_rows = 0
         self.row_head = torch.zeros(0, dtype=torch.long)  # (N,) KV head of each prompt row
@@ -142,7 +142,7 @@ class CompressedLayer(CacheLayerMixin):
         """
         keys, values = self.full_keys, self.full_values
         hkv, n, d = keys.shape
-        heads, pos = _kept(rank, caps)
+        heads, pos = kept_entries(rank, caps)
         self._set_prompt(
             keys.reshape(hkv * n, d),
             values.reshape(hkv * n, d),
@@ -245,10 +245,15 @@ class CompressedLayer(CacheLayerMixin):
             out = full_prefill_attention(query, self.full_keys[None], self.full_values[None], scaling)
             self.parent.compress_layer(self.layer_idx, query[0], scaling)
             return out
-        q = query[0]
+        return self.attend_stored(query[0], scaling).transpose(0, 1).unsqueeze(0)
+
+    def attend_stored(self, q: torch.Tensor, scaling: float) -> torch.Tensor:
+        """Attention of new queries ``q`` (Hq, steps, d) over the stored entries -> (Hq, steps, d).
+
+        The new steps must already be appended (causal among themselves)."""
         hq, steps = q.shape[0], q.shape[1]
-        if steps == 1 and flash_available(query.device):
-            out = flash_packed_attention(
+        if steps == 1 and flash_available(q.device):
+            return flash_packed_attention(
                 q,
                 self.prompt_keys,
                 self.prompt_values,
@@ -258,26 +263,29 @@ class CompressedLayer(CacheLayerMixin):
                 self._tail(self.values),
                 scaling,
             )
-            return out.transpose(0, 1).unsqueeze(0)
         used = self.used_rows
-        if steps == 1:
-            if self._bias is None or self._bias.shape[0] != hq:
-                heads, row_steps = self._row_layout()
-                self._bias = decode_bias(
-                    heads, row_steps, hq, self.num_kv_heads, 1, self.tail_capacity, q.dtype
-                )
-            bias = self._bias[:, :used]
-        else:
+        if self._bias is None or self._bias.shape[0] != hq or self._bias.dtype != q.dtype:
             heads, row_steps = self._row_layout()
-            bias = decode_bias(
-                heads[:used], row_steps[:used], hq, self.num_kv_heads, steps, self.tail_len, q.dtype
+            self._bias = decode_bias(heads, row_steps, hq, self.num_kv_heads, 1, self.tail_capacity, q.dtype)
+        if steps == 1:
+            bias = self._bias[:, :used]
+        else:  # prompt columns depend on the head only: reuse the decode mask's, build the tail's
+            prompt = self._bias[:, : self.num_prompt_rows].repeat_interleave(steps, dim=0)
+            heads, row_steps = self._row_layout()
+            start = self.num_prompt_rows
+            tail = decode_bias(
+                heads[start:used], row_steps[start:used], hq, self.num_kv_heads, steps, self.tail_len, q.dtype
             )
-        out = packed_attention(q, self.keys[:used], self.values[:used], bias, scaling)
-        return out.transpose(0, 1).unsqueeze(0)
+            bias = torch.cat([prompt, tail], dim=1)
+        return packed_attention(q, self.keys[:used], self.values[:used], bias, scaling)
 
 
 class CompressedCache(Cache):
     """Cache that compresses each layer right after its prefill, following a :class:`CompressionMethod`.
+
+    The decisions (scores, layer and head caps) come from :mod:`lava.policy`; this class only
+    applies them to its layers. A cache built from a shared prefill (:func:`lava.prefill.build_cache`)
+    is the same object with every layer stored at once.
 
     Parameters
     ----------
@@ -287,6 +295,11 @@ class CompressedCache(Cache):
         Decoder layers of the model.
     reserve : int
         Decode entries preallocated per head (usually ``max_new_tokens``).
+
+    Attributes
+    ----------
+    timings : dict
+        Seconds spent in ``"scoring"`` and ``"allocation"`` (layer + head allocation and packing).
     """
 
     def __init__(self, method: CompressionMethod, num_layers: int, reserve: int = 64) -> None:
@@ -296,76 +309,62 @@ class CompressedCache(Cache):
         self.method = method
         self.num_layers = num_layers
         self.reserve = reserve
-        self.stats: list[float | None] = []
-        self.layer_budgets: list[int] = []  # current non-window budget of each compressed layer
+        self.plan = BudgetPlan(method, num_layers)
         self.prompt_len = 0
         self.compressed = False
+        self.timings = {"scoring": 0.0, "allocation": 0.0}
+
+    @property
+    def stats(self) -> list[float | None]:
+        """Layer statistic of each scored layer."""
+        return [layer.stat for layer in self.plan.layers]
+
+    @property
+    def layer_budgets(self) -> list[int]:
+        """Current non-window budget of each allocated layer."""
+        return self.plan.layer_budgets
 
     # Called by CompressedLayer.attend after the layer's full prefill attention.
     @torch.no_grad()
     def compress_layer(self, layer_idx: int, query: torch.Tensor, scaling: float) -> None:
         layer = self.layers[layer_idx]
-        keys = layer.full_keys
-        n = keys.shape[1]
-        method = self.method
-        window = method.window
+        hkv, n, _ = layer.full_keys.shape
         self.prompt_len = n
-        device = keys.device
-        hkv = keys.shape[0]
-        if n <= method.budget:  # nothing to evict: keep the whole prompt
-            always = torch.full((hkv, n), -1, dtype=torch.long, device=device)
-            layer.store(always, torch.zeros(hkv, dtype=torch.long), self.reserve)
+        t0 = time.perf_counter()
+        if not evicts(self.method, n):  # nothing to evict: keep the whole prompt
+            layer.store(
+                keep_all_ranks(hkv, n, layer.full_keys.device),
+                torch.zeros(hkv, dtype=torch.long),
+                self.reserve,
+            )
+            self.timings["allocation"] += time.perf_counter() - t0
             return
         self.compressed = True
-        prefix = n - window
-        result = method.scorer(query[:, -window:], keys, layer.full_values, window, scaling)
-        layer.scores = result.scores.float()
-        self.stats.append(result.stat)
-        if not getattr(method.layer_allocator, "monotone", True):
-            # An earlier layer's budget may still grow: keep the full prefill until the last layer.
-            if layer_idx == self.num_layers - 1:
-                self._allocate_once(prefix)
+        scored = score_layer(self.method, query, layer.full_keys, layer.full_values, scaling)
+        t1 = time.perf_counter()
+        self.timings["scoring"] += t1 - t0
+        self.apply_plan(self.plan.add(scored), last=layer_idx == self.num_layers - 1)
+        self.timings["allocation"] += time.perf_counter() - t1
+
+    def apply_plan(self, changed: list[int], last: bool) -> None:
+        """Store newly allocated layers and lower the caps of earlier ones (repacked lazily)."""
+        for j in changed:
+            layer = self.layers[j]
+            caps = self.plan.caps[j]
+            layer.prefix_kept = caps
+            if layer.full_keys is not None:
+                layer.store(self.plan.layers[j].ranks, caps, self.reserve)
+                self.plan.layers[j].ranks = None  # online, nobody else needs them
+        if not changed:
             return
-        budgets = method.layer_allocator.allocate(
-            self.stats, [prefix] * len(self.stats), self.num_layers, method.budget - window
-        )
-        self.layer_budgets.append(budgets[-1])
-        layer.prepared = method.head_allocator.prepare(layer.scores)
-        caps = method.head_allocator.caps(result.scores, budgets[-1], method.budget, layer.prepared)
-        layer.prefix_kept = caps
-        layer.store(_ranks(layer.scores, window), caps, self.reserve)
-        last = layer_idx == self.num_layers - 1
-        for j in range(layer_idx):  # earlier layers only ever shrink (online allocation)
-            if budgets[j] < self.layer_budgets[j]:
-                self._lower_caps(j, budgets[j])
-            earlier = self.layers[j]
+        for earlier in self.layers[: max(changed) + 1]:
+            if earlier.full_keys is not None or earlier.prefix_kept is None:
+                continue
+            window = self.method.window
             surplus = earlier.num_prompt_rows - int(earlier.prefix_kept.sum()) - earlier.num_kv_heads * window
             # Repack lazily: once a quarter of the rows can go, and for good after the last layer.
             if surplus > (0 if last else SHRINK_SLACK * earlier.num_prompt_rows):
                 earlier.shrink(earlier.prefix_kept)
-        if last:
-            for other in self.layers:  # the scores are only needed while budgets can still move
-                other.scores = other.prepared = None
-
-    def _allocate_once(self, prefix: int) -> None:
-        """Budgets of all layers from all statistics, then every layer stored (non-monotone allocators)."""
-        method = self.method
-        window = method.window
-        self.layer_budgets = method.layer_allocator.allocate(
-            self.stats, [prefix] * self.num_layers, self.num_layers, method.budget - window
-        )
-        for layer, budget in zip(self.layers, self.layer_budgets):
-            caps = method.head_allocator.caps(layer.scores, budget, method.budget)
-            layer.prefix_kept = caps
-            layer.store(_ranks(layer.scores, window), caps, self.reserve)
-            layer.scores = layer.prepared = None
-
-    def _lower_caps(self, j: int, budget: int) -> None:
-        earlier = self.layers[j]
-        head_allocator = self.method.head_allocator
-        caps = head_allocator.caps(earlier.scores, budget, self.method.budget, earlier.prepared)
-        self.layer_budgets[j] = budget
-        earlier.prefix_kept = torch.minimum(caps, earlier.prefix_kept)
 
     # -- reporting ----------------------------------------------------------------------------------------
     def kept_per_head(self) -> list[list[int]]:
@@ -407,17 +406,6 @@ class CompressedCache(Cache):
         }
 
 
-def _kept(rank: torch.Tensor, caps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(heads, positions) of the entries with ``rank[h, p] < caps[h]``, head-major and sorted by position."""
-    return (rank < caps[:, None].to(rank.device)).nonzero(as_tuple=True)
-
-
-def _ranks(scores: torch.Tensor, window: int) -> torch.Tensor:
-    """(Hkv, P + window) rank of each prompt position by descending score within its head (ties: lower
-    position first); -1 for the window, which is always kept."""
-    hkv, prefix = scores.shape
-    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
-    ranks = torch.full((hkv, prefix + window), -1, dtype=torch.long, device=scores.device)
-    steps = torch.arange(prefix, device=scores.device).expand(hkv, prefix)
-    ranks[:, :prefix].scatter_(1, order, steps)
-    return ranks
+# Kept for callers of the earlier names.
+_kept = kept_entries
+_ranks = ranks_by_score

@@ -6,6 +6,7 @@ python scripts/merge_shards.py outputs/m/b/lava-b128-*-shard*of4 --out outputs/m
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -15,7 +16,8 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.records import RecordWriter, load_records, write_json_atomic  # noqa: E402
+from eval.records import RecordWriter, load_records  # noqa: E402
+from eval.runner import finish_run  # noqa: E402
 from lava.errors import UserError  # noqa: E402
 
 
@@ -41,12 +43,18 @@ def merge(shards: list[Path], out: Path) -> dict:
         for record in records.values():
             writer.write(record)
     shutil.copy(shards[0] / "config.yaml", out / "config.yaml")
+    if (shards[0] / "method.json").exists():
+        shutil.copy(shards[0] / "method.json", out / "method.json")
     bench = instantiate(configs[0].bench, _convert_="all")
     rows = list(records.values())
-    scores = bench.aggregate(rows)
-    write_json_atomic(out / "scores.json", scores)
-    bench.write_artifacts(out, rows)
-    return scores
+    elapsed = 0.0
+    for shard in shards:  # the shards ran one after another or side by side: report the sum
+        meta = shard / "run_meta.json"
+        if meta.exists():
+            elapsed += json.loads(meta.read_text()).get("timings", {}).get("elapsed_seconds", 0.0)
+    # Same files as a single run: scores.json, artifacts, kept_per_head.npy, run_meta.json.
+    finish_run(out, configs[0], bench, rows, rows, elapsed, f"merged from {len(shards)} shards")
+    return json.loads((out / "scores.json").read_text())
 
 
 def main() -> None:

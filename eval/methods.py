@@ -1,0 +1,111 @@
+"""The method registry: the names in ``configs/method/``, and the single-run config of a (method, budget).
+
+A sweep (``methods=[...] budgets=[...]``) is a list of configurations; each one is exactly the
+config the single run ``method=<name> budget=<B>`` composes, so both write the same run folder.
+The full cache is one configuration whatever the budgets: its config has ``budget: null``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+from lava.errors import UserError
+
+METHOD_DIR = Path(__file__).resolve().parents[1] / "configs" / "method"
+SWEEP_KEYS = ("methods", "budgets")  # null in every single-run config
+
+
+def method_names() -> list[str]:
+    """Every method config name, sorted."""
+    return sorted(p.stem for p in METHOD_DIR.glob("*.yaml"))
+
+
+def method_node(name: str) -> DictConfig:
+    """The ``configs/method/<name>.yaml`` node (interpolations unresolved)."""
+    path = METHOD_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"unknown method {name!r}; choose from {', '.join(method_names())} or all")
+    return OmegaConf.load(path)
+
+
+def is_full(method_cfg: Any) -> bool:
+    """The full cache: a method config without ``_target_`` (nothing to build, nothing evicted)."""
+    return "_target_" not in method_cfg
+
+
+def resolve_methods(spec: Any) -> list[str]:
+    """``methods=all`` or a list of names -> the names, in the given order, each once."""
+    if spec == "all" or (isinstance(spec, (list, ListConfig)) and list(spec) == ["all"]):
+        return method_names()
+    names = [spec] if isinstance(spec, str) else list(spec) if isinstance(spec, (list, ListConfig)) else None
+    if not names:
+        raise UserError(
+            f"methods={spec} is invalid; give a list of names, e.g. methods=[snapkv,lava], or all"
+        )
+    known = set(method_names())
+    for name in names:
+        if name not in known:
+            raise UserError(
+                f"unknown method {name!r} in methods; choose from {', '.join(sorted(known))} or all"
+            )
+    return list(dict.fromkeys(names))
+
+
+def resolve_budgets(spec: Any) -> list[int]:
+    budgets = (
+        [spec] if isinstance(spec, int) else list(spec) if isinstance(spec, (list, ListConfig)) else None
+    )
+    if not budgets or any(not isinstance(b, int) or isinstance(b, bool) or b <= 0 for b in budgets):
+        raise UserError(f"budgets={spec} is invalid; give positive integers, e.g. budgets=[64,128]")
+    return list(dict.fromkeys(budgets))
+
+
+def configurations(methods: list[str], budgets: list[int]) -> list[tuple[str, int | None]]:
+    """(method, budget) pairs of a sweep; the full cache once, with budget None."""
+    out: list[tuple[str, int | None]] = []
+    for name in methods:
+        if is_full(method_node(name)):
+            out.append((name, None))
+        else:
+            out.extend((name, b) for b in budgets)
+    return out
+
+
+def single_config(cfg: DictConfig, name: str, budget: int | None) -> DictConfig:
+    """The config ``method=<name> budget=<budget>`` composes, with the sweep keys cleared."""
+    single = cfg.copy()
+    with open_dict(single):
+        single.method = method_node(name)
+        for key in SWEEP_KEYS:
+            single[key] = None
+        single.budget = None if is_full(single.method) else budget
+    return single
+
+
+def canonical(cfg: DictConfig) -> DictConfig:
+    """A single-run config as its run folder records it: the full cache carries no budget."""
+    if is_full(cfg.method) and cfg.get("budget") is not None:
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            cfg.budget = None
+    return cfg
+
+
+def build_method(cfg: DictConfig) -> Any:
+    """The compression method of a single-run config, or None for the full cache."""
+    if is_full(cfg.method):
+        return None
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(cfg.method, _convert_="all")
+    except Exception as exc:  # Hydra wraps constructor errors; surface the root cause on one line
+        root = exc
+        while root.__cause__ is not None:
+            root = root.__cause__
+        if isinstance(root, UserError):
+            raise root from None
+        raise UserError(f"bad method config ({cfg.method.name}): {root}".splitlines()[0]) from None

@@ -1,0 +1,259 @@
+"""A sweep: every (method, budget) of ``methods=[...] budgets=[...]`` from one prefill per sample.
+
+    python run.py bench=niah methods=all budgets=[64,128,256]
+    python run.py bench=niah methods=[full,snapkv,lava] budgets=[128]
+
+Per sample the prompt is prefilled once with full attention (:func:`lava.prefill.capture_prefill`);
+each distinct scorer runs once per layer; each configuration's cache is built from the shared
+prefill with its own allocation (:func:`lava.prefill.build_cache`); the compressed configurations
+decode together, at most ``max_decode_batch`` per batch, and the full cache decodes alone over the
+prefill's ``DynamicCache``. Each configuration writes exactly the run folder its single run
+(``method=<m> budget=<B>``) writes, so a sweep resumes single runs and vice versa; records are
+appended per configuration as each sample finishes, so a killed sweep redoes, per folder, only
+the samples that folder lacks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from eval.generation import Generation, greedy_decode
+from eval.methods import build_method, configurations, resolve_budgets, resolve_methods, single_config
+from eval.records import RecordWriter
+from eval.runner import (
+    LengthWarning,
+    RunSummary,
+    build_benchmark,
+    build_prompt_ids,
+    finish_run,
+    load_samples,
+    make_record,
+    min_new_tokens,
+    open_run_folder,
+    read_done,
+    run_dir_for,
+    validate,
+)
+from lava.errors import UserError
+from lava.models import as_spec, load_model, load_tokenizer, newline_token_id, stop_token_ids
+from lava.policy import scorer_key
+
+
+@dataclass
+class SweepConfig:
+    """One configuration of a sweep and its run folder state."""
+
+    name: str
+    budget: int | None
+    cfg: DictConfig
+    method: Any  # CompressionMethod, or None for the full cache
+    run_dir: Path
+    done: list[dict[str, Any]]
+    new: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.name if self.budget is None else f"{self.name}-b{self.budget}"
+
+
+@dataclass
+class SweepSummary:
+    runs: list[RunSummary]
+    elapsed_seconds: float
+    samples: int
+    phase_seconds: dict[str, float]
+    score: float = math.nan
+
+    def format(self) -> str:
+        lines = [
+            "",
+            f"  sweep: {len(self.runs)} configurations x {self.samples} samples in {self.elapsed_seconds:.1f} s",
+        ]
+        lines.append("  " + "  ".join(f"{k} {v:.1f} s" for k, v in self.phase_seconds.items()))
+        for summary in self.runs:
+            lines.append(
+                f"    {summary.score:8.4f} {summary.headline_metric}  {summary.num_samples} samples "
+                f"({summary.new_samples} new)  {summary.run_dir}"
+            )
+        return "\n".join(lines)
+
+
+@dataclass
+class SharedPrefill:
+    """What one prefill gives every configuration of a sample.
+
+    Attributes
+    ----------
+    logits : Tensor, shape (V,)
+        Next-token logits after the prompt.
+    caches : list
+        Per requested method: its :class:`~lava.cache.CompressedCache`, or, for ``None`` (the full
+        cache), a ``DynamicCache`` of the prefill.
+    seconds : dict
+        ``prefill`` (the forward), ``scoring`` per scorer key, ``allocation`` per cache index.
+    """
+
+    logits: Any
+    caches: list[Any]
+    seconds: dict[str, Any]
+
+
+def shared_prefill(model: Any, input_ids: Any, methods: list[Any], reserve: int) -> SharedPrefill:
+    """Prefill once and build the cache of every method (``None`` = the full cache)."""
+    from lava.prefill import build_cache, capture_prefill, score_methods
+
+    compressing = [m for m in methods if m is not None]
+    window = max((m.window for m in compressing), default=1)
+    t0 = time.perf_counter()
+    capture, logits = capture_prefill(model, input_ids, window)
+    prefill = time.perf_counter() - t0
+    scored, scoring = score_methods(capture, compressing)
+    caches = []
+    for method in methods:
+        if method is None:
+            caches.append(capture.to_dynamic(model))
+        else:
+            caches.append(build_cache(method, capture, scored.get(scorer_key(method)), reserve))
+    capture.release()
+    allocation = [getattr(c, "timings", {}).get("allocation", 0.0) for c in caches]
+    return SharedPrefill(logits, caches, {"prefill": prefill, "scoring": scoring, "allocation": allocation})
+
+
+def decode_all(
+    model: Any,
+    prefill: SharedPrefill,
+    methods: list[Any],
+    max_new_tokens: int,
+    stops: list[int],
+    min_new: int,
+    max_batch: int,
+) -> list[Generation]:
+    """Greedy decode every cache of ``prefill``: the full cache alone, the compressed ones in batches."""
+    gens: list[Generation | None] = [None] * len(methods)
+    compressed = [i for i, m in enumerate(methods) if m is not None]
+    for i, method in enumerate(methods):
+        if method is None:
+            (gens[i],) = greedy_decode(
+                model, prefill.logits, [prefill.caches[i]], max_new_tokens, stops, min_new
+            )
+    for start in range(0, len(compressed), max_batch):
+        rows = compressed[start : start + max_batch]
+        out = greedy_decode(
+            model, prefill.logits, [prefill.caches[i] for i in rows], max_new_tokens, stops, min_new
+        )
+        for i, gen in zip(rows, out):
+            gens[i] = gen
+    return gens
+
+
+def _check(cfg: DictConfig) -> tuple[list[str], list[int]]:
+    methods = resolve_methods(cfg.methods)
+    budgets = resolve_budgets(cfg.budgets if cfg.get("budgets") is not None else [cfg.budget])
+    max_batch = cfg.get("max_decode_batch", 32)
+    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+        raise UserError(f"max_decode_batch={max_batch} is invalid; give a positive integer")
+    return methods, budgets
+
+
+def run_sweep(cfg: DictConfig) -> SweepSummary:
+    """Run (or resume) every configuration of a sweep; each writes its single run's folder."""
+    import torch
+
+    t_start = time.perf_counter()
+    names, budgets = _check(cfg)
+    configs: list[SweepConfig] = []
+    for name, budget in configurations(names, budgets):
+        single = single_config(cfg, name, budget)
+        validate(single)
+        run_dir = run_dir_for(single)
+        configs.append(SweepConfig(name, budget, single, build_method(single), run_dir, []))
+    spec = as_spec(cfg.model)
+    bench = build_benchmark(cfg)
+    if getattr(bench, "teacher_forced", False):
+        # The per-sample hook is shared_prefill(): it gives every configuration's cache and the full
+        # cache of one prefill; the teacher-forced benchmark's library functions take them from there.
+        raise UserError(
+            f"bench {bench.name} is teacher-forced and cannot be swept yet; run method=... budget=..."
+        )
+    for config in configs:
+        config.done = read_done(config.run_dir / "predictions.jsonl")
+    torch.manual_seed(cfg.seed)
+    tokenizer = load_tokenizer(spec)
+    samples = load_samples(cfg, bench, tokenizer, spec)
+    done_ids = [{r["id"] for r in c.done} for c in configs]
+    todo = [s for s in samples if any(s.id not in d for d in done_ids)]
+    model, tokenizer = load_model(spec, tokenizer)
+    for config in configs:
+        open_run_folder(config.run_dir, config.cfg, config.method)
+    eos_ids = stop_token_ids(tokenizer, spec, model)
+    newline_id = newline_token_id(tokenizer)
+    device = next(model.parameters()).device
+    min_new = min_new_tokens(bench, cfg)
+    max_batch = cfg.get("max_decode_batch", 32)
+    phases = dict.fromkeys(("prefill", "scoring", "allocation", "decode"), 0.0)
+    warn = LengthWarning(spec)
+    writers = [RecordWriter(c.run_dir / "predictions.jsonl") for c in configs]
+    bar = tqdm(
+        todo,
+        desc=f"{bench.name}/sweep of {len(configs)}",
+        unit="sample",
+        disable=not cfg.progress,
+        initial=len(samples) - len(todo),
+        total=len(samples),
+    )
+    try:
+        for sample in bar:
+            rows = [i for i, d in enumerate(done_ids) if sample.id not in d]
+            prompt_ids = build_prompt_ids(sample, tokenizer, spec)
+            warn.check(sample, prompt_ids)
+            stops = eos_ids + ([newline_id] if sample.stop_newline else [])
+            input_ids = torch.tensor([prompt_ids], device=device)
+            methods = [configs[i].method for i in rows]
+            prefill = shared_prefill(model, input_ids, methods, sample.max_new_tokens)
+            t0 = time.perf_counter()
+            gens = decode_all(model, prefill, methods, sample.max_new_tokens, stops, min_new, max_batch)
+            phases["decode"] += time.perf_counter() - t0
+            phases["prefill"] += prefill.seconds["prefill"]
+            phases["scoring"] += sum(prefill.seconds["scoring"].values())
+            phases["allocation"] += sum(prefill.seconds["allocation"])
+            for k, (i, gen) in enumerate(zip(rows, gens)):
+                config, cache = configs[i], prefill.caches[k]
+                scoring = (
+                    prefill.seconds["scoring"].get(scorer_key(config.method), 0.0) if config.method else 0.0
+                )
+                times = {
+                    "prefill_seconds": prefill.seconds["prefill"],  # shared by the sample's configurations
+                    "scoring_seconds": scoring,  # shared by the configurations of the same scorer
+                    "allocation_seconds": prefill.seconds["allocation"][k],
+                    "decode_seconds": gen.decode_seconds,  # the decode batch's
+                }
+                record = make_record(sample, bench, tokenizer, prompt_ids, gen, cache, times)
+                writers[i].write(record)
+                config.new.append(record)
+            # Free this sample's caches before the next prefill (otherwise two samples' caches coexist).
+            prefill = gens = cache = None
+    finally:
+        for writer in writers:
+            writer.close()
+        bar.close()
+    elapsed = time.perf_counter() - t_start
+    ids = [s.id for s in samples]
+    runs = []
+    for config in configs:
+        by_id = {r["id"]: r for r in config.done + config.new}
+        records = [by_id[i] for i in ids if i in by_id]
+        extra = {
+            "sweep_configurations": len(configs),
+            "sweep_phase_seconds": {k: round(v, 3) for k, v in phases.items()},
+        }
+        runs.append(
+            finish_run(config.run_dir, config.cfg, bench, records, config.new, elapsed, str(device), extra)
+        )
+    return SweepSummary(runs, elapsed, len(samples), {k: round(v, 2) for k, v in phases.items()})

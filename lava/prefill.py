@@ -1,0 +1,196 @@
+"""One prefill, many caches: keep what every method needs from a full-attention prefill, build each cache.
+
+Every method here prefills with full attention and differs only in what it keeps, so a sweep over
+methods and budgets runs the prompt once through :class:`PrefillCapture` (full attention, exactly
+the computation of a single run's prefill), scores each layer once per distinct scorer
+(:func:`score_methods`), and builds each configuration's :class:`~lava.cache.CompressedCache` from
+the captured keys and values with :func:`build_cache` (its own layer and head allocation,
+replaying the single run's online allocation, then packing). :meth:`PrefillCapture.to_dynamic`
+gives the full cache of the same prefill.
+
+Memory: the capture holds the whole prompt's keys and values of every layer (the same as a full
+``DynamicCache``) plus the last ``window`` queries per layer, until the caches are built.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from lava import attention
+from lava.cache import CompressedCache
+from lava.method import CompressionMethod
+from lava.policy import ScoredLayer, evicts, keep_all_ranks, score_layer, scorer_key
+
+
+class CaptureLayer(CacheLayerMixin):
+    """One layer of a :class:`PrefillCapture`: the prompt's keys, values and last queries."""
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, window: int) -> None:
+        super().__init__()
+        self.window = window
+        self.seq_len = 0
+        self.full_keys: torch.Tensor | None = None  # (Hkv, n, d)
+        self.full_values: torch.Tensor | None = None
+        self.query_window: torch.Tensor | None = None  # (Hq, window, d)
+        self.scaling = 1.0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device, self.dtype = key_states.device, key_states.dtype
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        if key_states.shape[0] != 1 or self.is_initialized:
+            raise ValueError("PrefillCapture takes one prompt of batch size 1, in one forward")
+        self.lazy_initialization(key_states, value_states)
+        self.full_keys, self.full_values = key_states[0], value_states[0]
+        self.seq_len = key_states.shape[2]
+        key_states._lava_layer = self
+        return key_states, value_states
+
+    def attend(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
+        """Full causal attention (as a single run's prefill); keeps the last ``window`` queries."""
+        self.query_window = query[0, :, -self.window :].clone()
+        self.scaling = scaling
+        return attention.full_prefill_attention(query, self.full_keys[None], self.full_values[None], scaling)
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.seq_len + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.seq_len
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.__init__(self.window)
+
+
+class PrefillCapture(Cache):
+    """A prefill-only cache that keeps, per layer, the prompt's keys, values and last ``window`` queries.
+
+    Parameters
+    ----------
+    num_layers : int
+    window : int
+        Queries kept per layer: the largest window of the methods to build.
+    """
+
+    def __init__(self, num_layers: int, window: int) -> None:
+        super().__init__(layers=[])
+        self.layers.extend(CaptureLayer(window) for _ in range(num_layers))
+
+    @property
+    def prompt_len(self) -> int:
+        return self.layers[0].seq_len
+
+    def to_dynamic(self, model: Any) -> Any:
+        """The full cache of this prefill: a ``DynamicCache`` holding every layer's keys and values."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=model.config)
+        for i, layer in enumerate(self.layers):
+            cache.update(layer.full_keys[None], layer.full_values[None], i)
+        return cache
+
+    def release(self) -> None:
+        """Drop the captured tensors (the caches built from them hold their own copies)."""
+        for layer in self.layers:
+            layer.full_keys = layer.full_values = layer.query_window = None
+
+
+def capture_prefill(model: Any, input_ids: torch.Tensor, window: int) -> tuple[PrefillCapture, torch.Tensor]:
+    """Prefill ``input_ids`` (1, n) once with full attention.
+
+    Returns
+    -------
+    capture : PrefillCapture
+    logits : Tensor, shape (V,)
+        Next-token logits after the prompt (the first generated token of every configuration).
+    """
+    from lava.compat import cache_kwargs
+
+    attention.enable(model)
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    capture = PrefillCapture(config.num_hidden_layers, window)
+    with torch.inference_mode():
+        out = model(input_ids=input_ids, **cache_kwargs(model, capture), use_cache=True, logits_to_keep=1)
+    return capture, out.logits[0, -1]
+
+
+def score_methods(
+    capture: PrefillCapture, methods: list[CompressionMethod]
+) -> tuple[dict[str, list[ScoredLayer]], dict[str, float]]:
+    """Each distinct scorer (:func:`lava.policy.scorer_key`) run once per layer.
+
+    Returns the scored layers and the seconds spent, both by scorer key; methods whose prompt fits
+    their budget need no scores and are skipped.
+    """
+    scored: dict[str, list[ScoredLayer]] = {}
+    seconds: dict[str, float] = {}
+    n = capture.prompt_len
+    with torch.inference_mode():
+        for method in methods:
+            key = scorer_key(method)
+            if key in scored or not evicts(method, n):
+                continue
+            t0 = time.perf_counter()
+            scored[key] = [
+                score_layer(method, layer.query_window, layer.full_keys, layer.full_values, layer.scaling)
+                for layer in capture.layers
+            ]
+            seconds[key] = time.perf_counter() - t0
+    return scored, seconds
+
+
+def build_cache(
+    method: CompressionMethod,
+    capture: PrefillCapture,
+    scored: list[ScoredLayer] | None,
+    reserve: int,
+) -> CompressedCache:
+    """The cache a single run of ``method`` would hold after its prefill, built from the shared one.
+
+    Parameters
+    ----------
+    scored : list of ScoredLayer or None
+        ``method``'s scorer on every layer (None when the prompt fits the budget).
+    reserve : int
+        Decode entries preallocated per head (``max_new_tokens``).
+    """
+    t0 = time.perf_counter()
+    num_layers = len(capture.layers)
+    cache = CompressedCache(method, num_layers, reserve=reserve)
+    n = capture.prompt_len
+    cache.prompt_len = n
+    compress = evicts(method, n)
+    if compress:
+        cache.compressed = True
+        for layer in scored:
+            cache.plan.add(layer)
+        caps = cache.plan.final_caps()
+    with torch.inference_mode():
+        for j, (source, layer) in enumerate(zip(capture.layers, cache.layers)):
+            layer.lazy_initialization(source.full_keys, source.full_values)
+            layer.num_kv_heads, layer.seq_len = source.full_keys.shape[0], n
+            layer.full_keys, layer.full_values = source.full_keys, source.full_values
+            if compress:
+                layer.prefix_kept = caps[j]
+                layer.store(scored[j].ranks, caps[j], reserve)
+            else:
+                hkv = layer.num_kv_heads
+                layer.store(
+                    keep_all_ranks(hkv, n, source.full_keys.device),
+                    torch.zeros(hkv, dtype=torch.long),
+                    reserve,
+                )
+    cache.timings["allocation"] = time.perf_counter() - t0
+    return cache
