@@ -671,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def git_commit() -> str:
-    """Short HEAD commit, with ``+dirty`` when lava/, baselines/ or eval/ have uncommitted changes."""
+    """Short HEAD commit, with ``+dirty`` when lava/ or eval/ have uncommitted changes."""
     import subprocess
 
     try:
@@ -679,7 +679,7 @@ def git_commit() -> str:
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "lava", "baselines", "eval"],
+            ["git", "status", "--porcelain", "--", "lava", "eval"],
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -23,9 +23,9 @@ from lava.allocation import (
     UniformHeadBudget,
     UniformLayerBudget,
 )
-from lava.lava import LavaScorer
 from lava.method import CompressionMethod
-from lava.scorer import SnapKVScorer
+from lava.scorers.lava import LavaScorer
+from lava.scorers.snapkv import SnapKVScorer
 
 PROMPT, M, WINDOW = 48, 6, 8
 COMMON = dict(

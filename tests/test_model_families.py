@@ -20,9 +20,9 @@ import torch
 
 from lava.allocation import EntropyLayerBudget, FlatHeadBudget, UniformHeadBudget, UniformLayerBudget
 from lava.cache import CompressedCache
-from lava.lava import LavaScorer
 from lava.method import CompressionMethod
-from lava.scorer import SnapKVScorer
+from lava.scorers.lava import LavaScorer
+from lava.scorers.snapkv import SnapKVScorer
 
 NEW_TOKENS = 8
 COMMON = dict(

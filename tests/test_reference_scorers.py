@@ -18,12 +18,12 @@ import operator
 import pytest
 import torch
 
-from baselines.cake import CakeScorer, tau_for
-from baselines.streamingllm import SinkRecencyScorer
 from lava.cache import _kept, _ranks
-from lava.lava import LavaScorer
-from lava.scorer import SnapKVScorer
-from lava.scoring import window_attention
+from lava.scorers.cake import CakeScorer, tau_for
+from lava.scorers.lava import LavaScorer
+from lava.scorers.snapkv import SnapKVScorer
+from lava.scorers.streamingllm import SinkRecencyScorer
+from lava.scorers.window import window_attention
 
 # ---------------------------------------------------------------------------------------------------------
 # Loop references (lava_spec.md).

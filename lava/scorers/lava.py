@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lava.scorer import LayerScores, Scorer
-from lava.scoring import group_reduce, pool_1d, window_attention
+from lava.scorers.base import LayerScores, Scorer
+from lava.scorers.window import group_reduce, pool_1d, window_attention
 
 ENTROPY_EPS = 1e-16  # upstream epsilon, in the denominator and inside the log
 
