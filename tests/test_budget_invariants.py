@@ -1,4 +1,4 @@
-"""Budget invariants of every method config (DESIGN.md, "Budget: one unit everywhere").
+"""Budget invariants of every method config (docs/methods.md, "The common frame").
 
 Every ``configs/method/*.yaml`` except ``full`` is instantiated with Hydra exactly as the runner does
 (``budget`` and ``model.name`` filled in) and run on tiny random models for prompts of 1 token,
@@ -9,8 +9,8 @@ shorter than the window, equal to the budget, one more than the budget, and long
 * the measured bytes of the stored prompt match ``kept_entries x entry_bytes`` (within 5%);
 * decoding runs from a 1-token prompt up.
 
-``floor=upstream`` (LAVa's stale floor, lava_spec.md 6.2) is shown to exceed the budget, as the spec
-says it does.
+``floor=upstream`` (LAVa's stale floor, docs/methods.md ``lava``) is shown to exceed the budget, as the
+published code does.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The compressed cache on tiny random models of every supported family (DESIGN.md, "Integration").
+"""The compressed cache on tiny random models of every supported family (docs/methods.md, "The common frame").
 
 Llama (GQA 4/2), Mistral (GQA 8/2), Qwen2 (MHA 4/4, q/k/v biases) and Qwen3 (GQA 9/3, q/k norms),
 two layers each, on CPU in fp32:

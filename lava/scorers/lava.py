@@ -1,7 +1,7 @@
 """LAVa's own parts: the value-norm-weighted scorer (its layer statistic is the normalised entropy).
 
 Its layer allocator is :class:`lava.allocation.EntropyLayerBudget` and its head allocator
-:class:`lava.allocation.FlatHeadBudget` (lava_spec.md section 1).
+:class:`lava.allocation.FlatHeadBudget` (docs/methods.md, ``lava``).
 """
 
 from __future__ import annotations
