@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from eval.collect import Run, find_runs, load_run  # noqa: E402
+from eval.methods import configurations, resolve_budgets, resolve_methods  # noqa: E402
 from eval.results import write_results  # noqa: E402
 from eval.runner import run, run_dir_for  # noqa: E402
 from lava.errors import UserError  # noqa: E402
@@ -30,20 +31,19 @@ def sweep(profile: dict, benches: list[str], output_root: Path) -> list[Run]:
     """Run (or resume) every (bench, method, budget) of the profile; the full cache once per bench."""
     runs = []
     for bench in benches:
-        for method in profile["methods"]:
-            budgets = profile["budgets"] if method != "full" else profile["budgets"][:1]
-            for budget in budgets:
-                overrides = [
-                    *profile["benches"][bench],
-                    f"method={method}",
-                    f"budget={budget}",
-                    f"output_root={output_root}",
-                    "progress=true",
-                ]
-                with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-                    cfg = compose(config_name="config", overrides=overrides)
-                run(cfg)
-                runs.append(load_run(run_dir_for(cfg)))
+        methods = resolve_methods(profile["methods"])  # `methods: all` = every configs/method/*.yaml
+        for method, budget in configurations(methods, resolve_budgets(profile["budgets"])):
+            overrides = [
+                *profile["benches"][bench],
+                f"method={method}",
+                f"budget={'null' if budget is None else budget}",  # the full cache: one budget-less run
+                f"output_root={output_root}",
+                "progress=true",
+            ]
+            with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+                cfg = compose(config_name="config", overrides=overrides)
+            run(cfg)
+            runs.append(load_run(run_dir_for(cfg)))
     return runs
 
 
