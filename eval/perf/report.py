@@ -144,13 +144,3 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def commit_label() -> str:
-    """Short HEAD commit, ``+dirty`` when tracked files have uncommitted changes (``unknown`` outside git)."""
-    from eval.provenance import git_commit
-
-    info = git_commit()
-    if not info["commit"]:
-        return "unknown"
-    return info["commit"][:7] + ("+dirty" if info["dirty"] else "")
