@@ -104,17 +104,22 @@ def build_method(cfg: DictConfig) -> Any:
     """The compression method of a single-run config, or None for the full cache."""
     if is_full(cfg.method):
         return None
+    return instantiate_node(cfg.method, "method")
+
+
+def instantiate_node(node: DictConfig, group: str) -> Any:
+    """Build the object of a config node (method, bench), any constructor failure a one-line UserError."""
     from hydra.utils import instantiate
 
     try:
-        return instantiate(cfg.method, _convert_="all")
+        return instantiate(node, _convert_="all")
     except Exception as exc:  # Hydra wraps constructor errors; surface the root cause on one line
         root = exc
         while root.__cause__ is not None:
             root = root.__cause__
         if isinstance(root, UserError):
             raise root from None
-        raise UserError(f"bad method config ({cfg.method.name}): {root}".splitlines()[0]) from None
+        raise UserError(f"bad {group} config ({node.name}): {root}".splitlines()[0]) from None
 
 
 def make_method(name: str, budget: int | None, model_name: str | None = None) -> Any:

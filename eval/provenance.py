@@ -43,6 +43,14 @@ def git_commit(repo: Path | None = None) -> dict[str, Any]:
     return {"commit": head, "dirty": bool(dirty)}
 
 
+def commit_label(repo: Path | None = None) -> str:
+    """:func:`git_commit` as one short label: ``abc1234``, ``abc1234+dirty``, or ``unknown`` outside git."""
+    info = git_commit(repo)
+    if not info["commit"]:
+        return "unknown"
+    return info["commit"][:7] + ("+dirty" if info["dirty"] else "")
+
+
 def peak_memory() -> dict[str, float | None]:
     """Peak resident set size of this process (MiB) and peak CUDA allocation when a GPU is used."""
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from eval import checks
 from eval.benchmarks.base import Benchmark, PromptContext, Sample
 from eval.generation import greedy_generate
-from eval.methods import build_method, canonical, is_full
+from eval.methods import build_method, canonical, instantiate_node, is_full
 from eval.perf.memory import kv_size
 from eval.provenance import git_commit, package_versions, peak_memory
 from eval.records import RecordWriter, load_records, write_json_atomic
@@ -86,23 +86,8 @@ def run_dir_for(cfg: DictConfig) -> Path:
     )
 
 
-def _instantiate(node: DictConfig, group: str) -> Any:
-    """Build an object from a config group, turning any constructor failure into a one-line UserError."""
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(node, _convert_="all")
-    except Exception as exc:  # Hydra wraps constructor errors; surface the root cause on one line
-        root = exc
-        while root.__cause__ is not None:
-            root = root.__cause__
-        if isinstance(root, UserError):
-            raise root from None
-        raise UserError(f"bad {group} config ({node.name}): {root}".splitlines()[0]) from None
-
-
 def build_benchmark(cfg: DictConfig) -> Benchmark:
-    bench = _instantiate(cfg.bench, "bench")
+    bench = instantiate_node(cfg.bench, "bench")
     if not isinstance(bench, Benchmark):
         raise UserError(f"bench {cfg.bench.name!r} does not build a Benchmark; check its _target_")
     return bench

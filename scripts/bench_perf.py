@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from eval.perf.measure import Runner, prompt_ids
-    from eval.perf.report import commit_label, cpu_name, markdown_table, write_plot, write_readme
+    from eval.perf.report import cpu_name, markdown_table, write_plot, write_readme
+    from eval.provenance import commit_label
     from eval.tables import write_csv
     from lava.models import as_spec, load_model
 

@@ -124,22 +124,13 @@ def machine(device: str) -> dict:
     return meta
 
 
-def git_commit() -> str:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (no git here: pass --label)"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
     from eval.gpu_check import report
     from eval.gpu_check.clock import Clock
+    from eval.provenance import commit_label
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -160,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     clock = Clock(args.time_budget)
     out = Path(args.out) if Path(args.out).is_absolute() else ROOT / args.out
     results: dict = {"meta": {**machine(device), "command": "python scripts/gpu_check.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]), "commit": args.label or git_commit(),
+        argv if argv is not None else sys.argv[1:]), "commit": args.label or commit_label(),
         "time_budget_s": args.time_budget, "device": device, "small": args.small, "sizes": sizes,
         "estimates_s": estimate}, "skipped": clock.skipped, "errors": []}  # fmt: skip
 

@@ -163,3 +163,12 @@ def test_budget_must_exceed_window():
         CompressionMethod("snapkv", budget=32, window=32)
     with pytest.raises(UserError):
         CompressionMethod("lava", budget=0)
+
+
+def test_the_cache_times_its_own_compression(tiny_model):
+    """CompressedCache.timings (what the perf benchmark reports): scoring only when something is evicted."""
+    long_cache, _ = run(tiny_model, build("snapkv"), 300, new_tokens=1)
+    t = long_cache.timings
+    assert t["scoring"] > 0 and t["allocation"] > 0 and t["scoring_cpu"] > 0 and t["allocation_cpu"] >= 0
+    short_cache, _ = run(tiny_model, build("snapkv"), BUDGET - 1, new_tokens=1)  # fits: stored whole
+    assert short_cache.timings["scoring"] == 0.0 and short_cache.timings["allocation"] > 0

@@ -16,7 +16,7 @@ COLUMNS: dict[str, str] = {
     "compressed": "whether the cache evicted anything (False when the prompt fits in the budget)",
     "repeats": "timed runs whose median is reported",
     "prefill_s": "median wall time of the prompt forward pass, per-layer compression included",
-    "compress_s": "median time spent inside CompressedCache.compress_layer (scoring, allocation, packing), summed over layers",
+    "compress_s": "median time of scoring + allocation (layer and head budgets, packing) summed over layers, from CompressedCache.timings",
     "prefill_overhead_s": "prefill_s minus the reference full-cache prefill_s on the same prompt",
     "prefill_ratio": "prefill_s / reference prefill_s (target <= 1.10)",
     "decode_s": "median wall time of the decode steps (new_tokens - 1 forward passes; the first token comes from the prefill)",
@@ -27,7 +27,7 @@ COLUMNS: dict[str, str] = {
     "memory_ratio": "cache_bytes / reference cache_bytes",
     "kept_entries": "stored prompt entries summed over layers and KV heads (full: layers x kv_heads x length)",
     "prefill_cpu_s": "median process CPU time (all threads, time.process_time) of the prefill forward pass; robust to other processes taking the cores, unlike wall time",
-    "compress_cpu_s": "median process CPU time inside compress_layer",
+    "compress_cpu_s": "median process CPU time of scoring + allocation (CompressedCache.timings)",
     "prefill_cpu_ratio": "prefill_cpu_s / reference prefill_cpu_s",
     "decode_cpu_s": "median process CPU time of the decode steps",
     "decode_cpu_speedup": "reference decode_cpu_s / decode_cpu_s (same number of steps): the decode speedup in CPU work",
@@ -144,13 +144,3 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def commit_label() -> str:
-    """Short HEAD commit, ``+dirty`` when tracked files have uncommitted changes (``unknown`` outside git)."""
-    from eval.provenance import git_commit
-
-    info = git_commit()
-    if not info["commit"]:
-        return "unknown"
-    return info["commit"][:7] + ("+dirty" if info["dirty"] else "")
