@@ -22,6 +22,7 @@ from lava.attention import (
     flash_available,
     flash_packed_attention,
     full_prefill_attention,
+    logits_dtype,
     packed_attention,
 )
 from lava.compat import require_transformers
@@ -264,9 +265,12 @@ class CompressedLayer(CacheLayerMixin):
                 scaling,
             )
         used = self.used_rows
-        if self._bias is None or self._bias.shape[0] != hq or self._bias.dtype != q.dtype:
+        bias_dtype = logits_dtype(q.dtype)
+        if self._bias is None or self._bias.shape[0] != hq or self._bias.dtype != bias_dtype:
             heads, row_steps = self._row_layout()
-            self._bias = decode_bias(heads, row_steps, hq, self.num_kv_heads, 1, self.tail_capacity, q.dtype)
+            self._bias = decode_bias(
+                heads, row_steps, hq, self.num_kv_heads, 1, self.tail_capacity, bias_dtype
+            )
         if steps == 1:
             bias = self._bias[:, :used]
         else:  # prompt columns depend on the head only: reuse the decode mask's, build the tail's
@@ -274,7 +278,13 @@ class CompressedLayer(CacheLayerMixin):
             heads, row_steps = self._row_layout()
             start = self.num_prompt_rows
             tail = decode_bias(
-                heads[start:used], row_steps[start:used], hq, self.num_kv_heads, steps, self.tail_len, q.dtype
+                heads[start:used],
+                row_steps[start:used],
+                hq,
+                self.num_kv_heads,
+                steps,
+                self.tail_len,
+                bias_dtype,
             )
             bias = torch.cat([prompt, tail], dim=1)
         return packed_attention(q, self.keys[:used], self.values[:used], bias, scaling)
