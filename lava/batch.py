@@ -1,10 +1,13 @@
 """Several compressed caches decoded as one batch: row ``b`` of every forward is configuration ``b``.
 
 Every configuration of a sweep shares the prompt, so they sit at the same position at every step;
-each keeps its own per-head variable-length storage (:class:`~lava.cache.CompressedLayer`). The
-model runs one batched forward per step; attention runs per row over that row's packed cache
-(the CPU path or the CUDA flash path of :meth:`CompressedLayer.attend_stored`). A row that has
-finished leaves the batch with :meth:`BatchedCache.select`.
+each has its own per-head variable-length storage (:class:`~lava.cache.CompressedLayer`). The model
+runs one batched forward per step. On the CPU / PyTorch path a :class:`BatchedLayer` copies its
+members' stored rows once into one ``(B, rows, d)`` buffer, each member's rows padded to the longest
+member's, followed by room for the decode steps at the same offset in every row; one step is then
+three kernels for the whole batch (:func:`lava.attention.batched_packed_attention`) instead of
+three per member. With flash-attn on CUDA, attention runs per member (:meth:`CompressedLayer.attend_stored`).
+A row that has finished leaves the batch with :meth:`BatchedCache.select`.
 """
 
 from __future__ import annotations
@@ -14,11 +17,18 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from lava.attention import batched_packed_attention, flash_available, logits_dtype
 from lava.cache import CompressedCache, CompressedLayer
 
 
 class BatchedLayer(CacheLayerMixin):
-    """One layer of a :class:`BatchedCache`: the same layer of each member cache."""
+    """One layer of a :class:`BatchedCache`: the same layer of each member cache.
+
+    Packed mode (one-token steps without flash-attn): ``keys``/``values`` of shape (B, R, d) hold
+    row ``b``'s stored entries in ``[0, used_b)``, zeros up to ``prefix``, then decode step ``t`` of
+    KV head ``h`` at ``prefix + t * Hkv + h``; ``bias`` (B, Hq, R) is 0 where query head ``h`` may
+    see a row and -inf elsewhere (other KV heads, padding). Members are not appended to in this mode.
+    """
 
     is_sliding = False
     is_compileable = False
@@ -28,32 +38,133 @@ class BatchedLayer(CacheLayerMixin):
         super().__init__()
         self.members = members
         self.is_initialized = True
+        self.seq_len = members[0].seq_len
+        self.keys: torch.Tensor | None = None  # (B, R, d) in packed mode
+        self.values: torch.Tensor | None = None
+        self.bias: torch.Tensor | None = None  # (B, Hq, R)
+        self.prefix = 0
+        self.tail_len = 0
+        self.tail_capacity = 0
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         pass
+
+    @property
+    def packed(self) -> bool:
+        return self.keys is not None
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
         """Append step(s) ``key_states``/``value_states`` (B, Hkv, q, d), row ``b`` to member ``b``."""
         if key_states.shape[0] != len(self.members):
             raise ValueError(f"batch of {key_states.shape[0]} rows for {len(self.members)} caches")
-        for member, keys, values in zip(self.members, key_states, value_states):
-            member._append(keys, values)
-            member.seq_len += key_states.shape[2]
+        q = key_states.shape[2]
+        if not self.packed and q == 1 and not flash_available(key_states.device):
+            self._pack()
+        if self.packed:
+            if q != 1:
+                raise ValueError("a packed batch decodes one token per step")
+            self._append(key_states[:, :, 0], value_states[:, :, 0])
+        else:
+            for member, keys, values in zip(self.members, key_states, value_states):
+                member._append(keys, values)
+                member.seq_len += q
+        self.seq_len += q
         key_states._lava_layer = self
         return key_states, value_states
 
     def attend(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
         """(B, Hq, q, d) queries -> (B, q, Hq, d) attention outputs."""
+        if self.packed:
+            hq = query.shape[1]
+            if self.bias is None or self.bias.shape[1] != hq:
+                self._build_bias(hq, logits_dtype(query.dtype))
+            used = self.prefix + self.members[0].num_kv_heads * self.tail_len
+            out = batched_packed_attention(
+                query[:, :, 0], self.keys[:, :used], self.values[:, :used], self.bias[:, :, :used], scaling
+            )
+            return out.unsqueeze(1)
         outs = [member.attend_stored(q, scaling) for member, q in zip(self.members, query)]
         return torch.stack(outs).transpose(1, 2)
 
+    # -- packed storage -----------------------------------------------------------------------------------
+    def _pack(self) -> None:
+        """Copy every member's stored rows into the batch buffers (once, before the first packed step)."""
+        first = self.members[0]
+        hkv, device, dtype = first.num_kv_heads, first.keys.device, first.keys.dtype
+        d = first.keys.shape[1]
+        self.prefix = max(member.used_rows for member in self.members)
+        self.tail_capacity = max(max(m.tail_capacity - m.tail_len for m in self.members), 1)
+        rows = self.prefix + hkv * self.tail_capacity
+        batch = len(self.members)
+        # Padding rows are masked but must be finite (0 * nan = nan); tail rows are written before use.
+        self.keys = torch.empty((batch, rows, d), dtype=dtype, device=device)
+        self.values = torch.empty((batch, rows, d), dtype=dtype, device=device)
+        self._row_heads = torch.full((batch, rows), -1, dtype=torch.long, device=device)
+        for b, member in enumerate(self.members):
+            used = member.used_rows
+            self.keys[b, :used] = member.keys[:used]
+            self.values[b, :used] = member.values[:used]
+            self.keys[b, used : self.prefix] = 0
+            self.values[b, used : self.prefix] = 0
+            self._row_heads[b, :used] = member._row_layout()[0][:used]
+        self._row_heads[:, self.prefix :] = torch.arange(hkv, device=device).repeat(self.tail_capacity)
+        self.bias = None
+
+    def _build_bias(self, num_query_heads: int, dtype: torch.dtype) -> None:
+        hkv = self.members[0].num_kv_heads
+        query_kv_head = torch.arange(num_query_heads, device=self.keys.device) // (num_query_heads // hkv)
+        visible = self._row_heads[:, None, :] == query_kv_head[None, :, None]  # (B, Hq, R)
+        self.bias = torch.zeros(visible.shape, dtype=dtype, device=self.keys.device).masked_fill_(
+            ~visible, float("-inf")
+        )
+
+    def _append(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Append one step, ``keys``/``values`` of shape (B, Hkv, d); doubles the room when full."""
+        hkv = keys.shape[1]
+        if self.tail_len == self.tail_capacity:
+            self._grow(2 * self.tail_capacity)
+        start = self.prefix + hkv * self.tail_len
+        self.keys[:, start : start + hkv] = keys
+        self.values[:, start : start + hkv] = values
+        self.tail_len += 1
+
+    def _grow(self, tail_capacity: int) -> None:
+        hkv = self.members[0].num_kv_heads
+        extra = hkv * (tail_capacity - self.tail_capacity)
+        self.keys = torch.cat(
+            [self.keys, self.keys.new_empty(self.keys.shape[0], extra, self.keys.shape[2])], 1
+        )
+        self.values = torch.cat(
+            [self.values, self.values.new_empty(self.values.shape[0], extra, self.values.shape[2])], 1
+        )
+        heads = torch.arange(hkv, device=self.keys.device).repeat(tail_capacity - self.tail_capacity)
+        self._row_heads = torch.cat([self._row_heads, heads.expand(self._row_heads.shape[0], -1)], 1)
+        self.tail_capacity = tail_capacity
+        self.bias = None
+
+    def select(self, rows: list[int]) -> None:
+        """Keep only the batch rows ``rows`` (in that order)."""
+        self.members = [self.members[r] for r in rows]
+        if self.packed:
+            index = torch.tensor(rows, device=self.keys.device)
+            self.keys, self.values = self.keys[index], self.values[index]
+            self._row_heads = self._row_heads[index]
+            if self.bias is not None:
+                self.bias = self.bias[index]
+
+    # -- transformers CacheLayerMixin --------------------------------------------------------------------
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.get_seq_length() + query_length, 0
+        if isinstance(query_length, torch.Tensor):  # early 5.x passes cache_position
+            query_length = query_length.shape[0]
+        return self.seq_len + query_length, 0
 
     def get_seq_length(self) -> int:
-        return self.members[0].seq_len
+        return self.seq_len
 
     def get_max_length(self) -> int:
+        return -1
+
+    def get_max_cache_shape(self) -> int:
         return -1
 
     def reset(self) -> None:
@@ -66,7 +177,8 @@ class BatchedCache(Cache):
     Parameters
     ----------
     caches : list of CompressedCache
-        Built for the same prompt (same length, same number of layers).
+        Built for the same prompt (same length, same number of layers). In packed mode (CPU path)
+        the batch keeps the decode steps in its own buffers: the members' storage stays as built.
     """
 
     def __init__(self, caches: list[CompressedCache]) -> None:
@@ -81,4 +193,4 @@ class BatchedCache(Cache):
         """Keep only the batch rows ``rows`` (in that order)."""
         self.caches = [self.caches[r] for r in rows]
         for layer in self.layers:
-            layer.members = [layer.members[r] for r in rows]
+            layer.select(rows)

@@ -1,0 +1,67 @@
+"""A batch of compressed caches decoded together (``lava.batch``) against the dense padded reference.
+
+Several one-layer caches of different methods and budgets (so different per-head lengths) are
+compressed from their own random prompts, then stepped as one :class:`~lava.batch.BatchedCache`
+layer: each row's output must equal the float64 dense reference of ``test_packed_attention`` over
+that row's kept entries and its own decode steps, through buffer growth and rows leaving the batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lava.allocation import EntropyLayerBudget, FlatHeadBudget, UniformHeadBudget, UniformLayerBudget
+from lava.batch import BatchedLayer
+from lava.cache import CompressedCache
+from lava.lava import LavaScorer
+from lava.method import CompressionMethod
+from lava.scorer import SnapKVScorer
+from tests.test_packed_attention import dense_reference
+
+HQ, HKV, N, D, WINDOW = 6, 2, 60, 16, 4
+PARTS = {
+    "lava": (LavaScorer(), EntropyLayerBudget(), FlatHeadBudget(0.2)),
+    "adakv": (SnapKVScorer(), UniformLayerBudget(), FlatHeadBudget(0.2)),
+    "snapkv": (SnapKVScorer(), UniformLayerBudget(), UniformHeadBudget()),
+}
+
+
+def _compressed_layer(name: str, budget: int, gen: torch.Generator):
+    cache = CompressedCache(CompressionMethod(name, budget, WINDOW, *PARTS[name]), num_layers=1, reserve=2)
+    layer = cache.layers[0]
+    k, v = torch.randn(1, HKV, N, D, generator=gen), torch.randn(1, HKV, N, D, generator=gen)
+    layer.update(k, v)
+    layer.attend(torch.randn(1, HQ, N, D, generator=gen), 1.0 / math.sqrt(D))  # prefill: compresses
+    kept = layer.positions
+    return layer, [k[0, h, p] for h, p in enumerate(kept)], [v[0, h, p] for h, p in enumerate(kept)]
+
+
+def test_batched_layer_matches_dense_reference_per_row():
+    gen = torch.Generator().manual_seed(0)
+    specs = [("lava", 10), ("adakv", 24), ("snapkv", 8), ("lava", 80)]  # 80 > N: nothing evicted
+    rows = [_compressed_layer(name, budget, gen) for name, budget in specs]
+    lengths = {sum(len(p) for p in layer.positions) for layer, _, _ in rows}
+    assert len(lengths) > 1, "the rows must differ in length for the padding to be exercised"
+    batch = BatchedLayer([layer for layer, _, _ in rows])
+    tails = [(torch.zeros(HKV, 0, D), torch.zeros(HKV, 0, D)) for _ in rows]
+    live = list(range(len(rows)))
+    scaling = 1.0 / math.sqrt(D)
+    for step in range(7):  # reserve 2: the batch buffers grow twice
+        if step == 4:  # rows 1 and 3 stop: the batch keeps rows 2 and 0, in that order
+            live = [2, 0]
+            batch.select([2, 0])
+        new_k = torch.randn(len(live), HKV, 1, D, generator=gen)
+        new_v = torch.randn(len(live), HKV, 1, D, generator=gen)
+        batch.update(new_k, new_v)
+        query = torch.randn(len(live), HQ, 1, D, generator=gen)
+        out = batch.attend(query, scaling)  # (B, 1, Hq, D)
+        assert batch.packed
+        for b, r in enumerate(live):
+            tk, tv = tails[r]
+            tails[r] = (torch.cat([tk, new_k[b]], 1), torch.cat([tv, new_v[b]], 1))
+            _, head_keys, head_values = rows[r]
+            ref = dense_reference(query[b], head_keys, head_values, *tails[r], scaling)
+            torch.testing.assert_close(out[b].transpose(0, 1).double(), ref, rtol=1e-5, atol=1e-5)
+    assert batch.get_seq_length() == N + 7
