@@ -176,12 +176,7 @@ def run_sweep(cfg: DictConfig) -> SweepSummary:
         configs.append(SweepConfig(name, budget, single, build_method(single), run_dir, []))
     spec = as_spec(cfg.model)
     bench = build_benchmark(cfg)
-    if getattr(bench, "teacher_forced", False):
-        # The per-sample hook is shared_prefill(): it gives every configuration's cache and the full
-        # cache of one prefill; the teacher-forced benchmark's library functions take them from there.
-        raise UserError(
-            f"bench {bench.name} is teacher-forced and cannot be swept yet; run method=... budget=..."
-        )
+    teacher_forced = bool(getattr(bench, "teacher_forced", False))
     for config in configs:
         config.done = read_done(config.run_dir / "predictions.jsonl")
     torch.manual_seed(cfg.seed)
@@ -216,6 +211,26 @@ def run_sweep(cfg: DictConfig) -> SweepSummary:
             stops = eos_ids + ([newline_id] if sample.stop_newline else [])
             input_ids = torch.tensor([prompt_ids], device=device)
             methods = [configs[i].method for i in rows]
+            if teacher_forced:  # no decoding: every cache is scored against the full cache's continuation
+                prefill = shared_prefill(model, input_ids, [*methods, None], sample.max_new_tokens)
+                t0 = time.perf_counter()
+                records = bench.run_prefilled(
+                    model,
+                    prefill.caches[-1],
+                    prefill.caches[:-1],
+                    prompt_ids,
+                    sample,
+                    prefill.seconds["prefill"],
+                )
+                phases["decode"] += time.perf_counter() - t0
+                phases["prefill"] += prefill.seconds["prefill"]
+                phases["scoring"] += sum(prefill.seconds["scoring"].values())
+                phases["allocation"] += sum(prefill.seconds["allocation"])
+                for i, record in zip(rows, records):
+                    writers[i].write(record)
+                    configs[i].new.append(record)
+                prefill = records = None
+                continue
             prefill = shared_prefill(model, input_ids, methods, sample.max_new_tokens)
             t0 = time.perf_counter()
             gens = decode_all(model, prefill, methods, sample.max_new_tokens, stops, min_new, max_batch)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from eval.benchmarks.base import Benchmark, PromptContext, Sample, default_aggregate
-from eval.benchmarks.fidelity.reference import measure
+from eval.benchmarks.fidelity.reference import compare, measure, reference_from_full_cache
 from eval.metrics.fidelity import LOWER_IS_BETTER
 from lava.errors import UserError
 
@@ -123,6 +123,56 @@ class Fidelity(Benchmark):
         """The sample's finished record (the runner's teacher-forced branch): prefill, compare, score."""
         start = time.perf_counter()
         scores, seconds = measure(model, prompt_ids, sample.meta["continuation_ids"], cache)
+        seconds["sample_seconds"] = time.perf_counter() - start
+        return self.make_record(sample, prompt_ids, scores, seconds, cache)
+
+    def run_prefilled(
+        self,
+        model: Any,
+        full_cache: Any,
+        caches: Sequence[Any],
+        prompt_ids: Sequence[int],
+        sample: Sample,
+        prefill_seconds: float,
+    ) -> list[dict[str, Any]]:
+        """Records of one sample for several caches filled by one shared prefill (a sweep).
+
+        Parameters
+        ----------
+        full_cache : transformers.DynamicCache
+            The prompt's full cache; consumed (the reference appends the continuation to it).
+        caches : sequence
+            Per configuration, its prefilled cache (compressed, or a ``DynamicCache`` for ``full``).
+        prefill_seconds : float
+            Wall time of the shared prefill (recorded for every configuration).
+        """
+        start = time.perf_counter()
+        reference = reference_from_full_cache(
+            model, full_cache, len(prompt_ids), sample.meta["continuation_ids"]
+        )
+        reference_seconds = time.perf_counter() - start
+        records = []
+        for cache in caches:
+            t0 = time.perf_counter()
+            scores = compare(model, reference, cache)
+            seconds = {
+                "prefill_seconds": prefill_seconds,  # shared by the sample's configurations
+                "reference_seconds": reference_seconds,  # shared too
+                "decode_seconds": time.perf_counter() - t0,
+            }
+            seconds["sample_seconds"] = prefill_seconds + reference_seconds + seconds["decode_seconds"]
+            records.append(self.make_record(sample, prompt_ids, scores, seconds, cache))
+        return records
+
+    def make_record(
+        self,
+        sample: Sample,
+        prompt_ids: Sequence[int],
+        scores: dict[str, Any],
+        seconds: dict[str, float],
+        cache: Any,
+    ) -> dict[str, Any]:
+        """One ``predictions.jsonl`` line: the measured metrics, the timings and what the cache kept."""
         report = getattr(cache, "report", None)
         record = {
             "id": sample.id,
@@ -134,7 +184,6 @@ class Fidelity(Benchmark):
             "new_tokens": 0,
             "stop_reason": "teacher_forced",
             **{k: round(v, 4) for k, v in seconds.items()},
-            "sample_seconds": round(time.perf_counter() - start, 4),
             "fidelity": {k: scores[k] for k in METRICS},
             "attn_err_per_layer": scores["attn_err_per_layer"],
             **(report() if callable(report) else {}),
