@@ -23,6 +23,12 @@ def method_names() -> list[str]:
     return sorted(p.stem for p in METHOD_DIR.glob("*.yaml"))
 
 
+def display_order() -> list[str]:
+    """Method names in table and plot order: the full cache (the reference) first, then the rest by name."""
+    names = method_names()
+    return [n for n in names if is_full(method_node(n))] + [n for n in names if not is_full(method_node(n))]
+
+
 def method_node(name: str) -> DictConfig:
     """The ``configs/method/<name>.yaml`` node (interpolations unresolved)."""
     path = METHOD_DIR / f"{name}.yaml"
@@ -109,3 +115,19 @@ def build_method(cfg: DictConfig) -> Any:
         if isinstance(root, UserError):
             raise root from None
         raise UserError(f"bad method config ({cfg.method.name}): {root}".splitlines()[0]) from None
+
+
+def make_method(name: str, budget: int | None, model_name: str | None = None) -> Any:
+    """The compression method ``configs/method/<name>.yaml`` builds at ``budget`` (None for the full cache).
+
+    The one way to build a method outside a Hydra run (perf benchmarks, scripts, tests): the
+    method node with ``budget`` and ``model.name`` resolved, then :func:`build_method`.
+    """
+    cfg = OmegaConf.create({"budget": budget, "model": {"name": model_name}})
+    cfg.method = method_node(name)
+    return build_method(cfg)
+
+
+def compressing_methods() -> list[str]:
+    """Every method that builds a compressing cache (all but the full cache), sorted."""
+    return [name for name in method_names() if not is_full(method_node(name))]

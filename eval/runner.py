@@ -22,6 +22,7 @@ from eval import checks
 from eval.benchmarks.base import Benchmark, PromptContext, Sample
 from eval.generation import greedy_generate
 from eval.methods import build_method, canonical, is_full
+from eval.perf.memory import kv_size
 from eval.provenance import git_commit, package_versions, peak_memory
 from eval.records import RecordWriter, load_records, write_json_atomic
 from lava.errors import UserError
@@ -289,7 +290,9 @@ def make_record(
         "stop_reason": gen.stop_reason,
         **{name: round(seconds, 4) for name, seconds in phases.items()},
     }
-    record.update(_cache_report(cache, len(prompt_ids)))
+    size = kv_size(cache, len(prompt_ids))
+    # a compressing cache records its whole report; a plain one only its bytes (what it keeps is the prompt)
+    record.update(size if callable(getattr(cache, "report", None)) else {"cache_bytes": size["cache_bytes"]})
     record["scores"] = bench.score(record)
     return record
 
@@ -360,20 +363,6 @@ def _write_kept_array(run_dir: Path, records: list[dict[str, Any]]) -> Path | No
     path = run_dir / "kept_per_head.npy"
     np.save(path, np.asarray(kept, dtype=np.int64))
     return path
-
-
-def _cache_report(cache: Any, prompt_len: int) -> dict[str, Any]:
-    """What a compressing cache kept (entries per layer and head, bytes); for a plain cache, the bytes
-    of its prompt keys and values (``(B, H, T, d)`` per layer, decode steps excluded)."""
-    report = getattr(cache, "report", None)
-    if callable(report):
-        return report()
-    total = 0
-    for layer in getattr(cache, "layers", []):
-        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-            if tensor is not None and tensor.dim() == 4:
-                total += tensor[:, :, :prompt_len].numel() * tensor.element_size()
-    return {"cache_bytes": total}
 
 
 def format_summary(summary: Any) -> str:

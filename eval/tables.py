@@ -24,19 +24,10 @@ import numpy as np
 import pandas as pd
 
 from eval.collect import FULL_METHOD, PERCENT_BENCHES, Run, RunSource, as_runs, kept_mean
+from eval.methods import display_order
 from eval.stats import bootstrap_ci
 
-METHOD_ORDER = (
-    "full",
-    "streamingllm",
-    "snapkv",
-    "pyramidkv",
-    "adakv",
-    "cake",
-    "lava",
-    "lava_layer_only",
-    "lava_head_only",
-)
+METHOD_ORDER = tuple(display_order())  # from configs/method/: a new method appears without edits here
 AVERAGE = "average"
 
 

@@ -299,7 +299,8 @@ class CompressedCache(Cache):
     Attributes
     ----------
     timings : dict
-        Seconds spent in ``"scoring"`` and ``"allocation"`` (layer + head allocation and packing).
+        Wall seconds spent in ``"scoring"`` and ``"allocation"`` (layer + head allocation and packing),
+        and the process CPU seconds of each (``"scoring_cpu"``, ``"allocation_cpu"``, all threads).
     """
 
     def __init__(self, method: CompressionMethod, num_layers: int, reserve: int = 64) -> None:
@@ -312,7 +313,7 @@ class CompressedCache(Cache):
         self.plan = BudgetPlan(method, num_layers)
         self.prompt_len = 0
         self.compressed = False
-        self.timings = {"scoring": 0.0, "allocation": 0.0}
+        self.timings = {"scoring": 0.0, "allocation": 0.0, "scoring_cpu": 0.0, "allocation_cpu": 0.0}
 
     @property
     def stats(self) -> list[float | None]:
@@ -330,21 +331,27 @@ class CompressedCache(Cache):
         layer = self.layers[layer_idx]
         hkv, n, _ = layer.full_keys.shape
         self.prompt_len = n
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if not evicts(self.method, n):  # nothing to evict: keep the whole prompt
             layer.store(
                 keep_all_ranks(hkv, n, layer.full_keys.device),
                 torch.zeros(hkv, dtype=torch.long),
                 self.reserve,
             )
-            self.timings["allocation"] += time.perf_counter() - t0
+            self._add_time("allocation", t0, c0)
             return
         self.compressed = True
         scored = score_layer(self.method, query, layer.full_keys, layer.full_values, scaling)
-        t1 = time.perf_counter()
-        self.timings["scoring"] += t1 - t0
+        t1, c1 = self._add_time("scoring", t0, c0)
         self.apply_plan(self.plan.add(scored), last=layer_idx == self.num_layers - 1)
-        self.timings["allocation"] += time.perf_counter() - t1
+        self._add_time("allocation", t1, c1)
+
+    def _add_time(self, part: str, wall0: float, cpu0: float) -> tuple[float, float]:
+        """Add the wall and process CPU time since (wall0, cpu0) to ``part``; returns the new marks."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.timings[part] += wall - wall0
+        self.timings[f"{part}_cpu"] += cpu - cpu0
+        return wall, cpu
 
     def apply_plan(self, changed: list[int], last: bool) -> None:
         """Store newly allocated layers and lower the caps of earlier ones (repacked lazily)."""

@@ -9,7 +9,7 @@ from lava import attention
 from lava.allocation import HeadAllocator, LayerAllocator, UniformHeadBudget, UniformLayerBudget
 from lava.cache import CompressedCache
 from lava.errors import UserError
-from lava.scorer import Scorer, SnapKVScorer
+from lava.scorers import Scorer, SnapKVScorer
 
 
 @dataclass

@@ -32,17 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-METHODS = [
-    "full",
-    "snapkv",
-    "pyramidkv",
-    "adakv",
-    "cake",
-    "lava",
-    "lava_layer_only",
-    "lava_head_only",
-    "streamingllm",
-]
+from eval.methods import display_order  # noqa: E402
+
+METHODS = display_order()  # every configs/method/*.yaml, the full cache first
 BUDGETS = [64, 128, 256]
 BENCH = ["bench=niah", "bench.lengths=[1000,2000,3000]", "bench.depths=[0,50,100]"]
 PHASES = ("prefill_seconds", "scoring_seconds", "allocation_seconds", "decode_seconds")

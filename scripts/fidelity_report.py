@@ -22,29 +22,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from eval.methods import display_order, make_method  # noqa: E402
 from eval.stats import bootstrap_ci, paired_bootstrap_ci, separated  # noqa: E402
 
-METHODS = [
-    "full",
-    "streamingllm",
-    "snapkv",
-    "pyramidkv",
-    "adakv",
-    "cake",
-    "lava",
-    "lava_layer_only",
-    "lava_head_only",
-]
+METHODS = display_order()  # every method config (eval.methods), the full cache first
 METRICS = ["kl", "top1", "nll_delta", "attn_err"]
-
-
-def build_method(name: str, budget: int):
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"method={name}", f"budget={budget}"])
-    return None if "_target_" not in cfg.method else instantiate(cfg.method, _convert_="all")
 
 
 def measure_all(args: argparse.Namespace, raw: Path) -> None:
@@ -68,7 +50,7 @@ def measure_all(args: argparse.Namespace, raw: Path) -> None:
     ctx = PromptContext(tokenizer=tok, model_name=spec.name, max_prompt_tokens=spec.max_prompt_tokens)
     samples = list(bench.samples(ctx))
     methods = {
-        (n, b): build_method(n, b)
+        (n, b): make_method(n, b, spec.name)
         for n in METHODS
         for b in (args.budgets[:1] if n == "full" else args.budgets)
     }

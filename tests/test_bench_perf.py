@@ -1,14 +1,22 @@
-"""The perf benchmark's grid and ratios (scripts/bench_perf.py), on hand-made measurements."""
+"""The perf benchmark's grid and ratios (eval/perf/grid.py), on hand-made measurements."""
 
 from __future__ import annotations
 
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from eval.methods import method_names
+from eval.perf import grid as bench_perf
+from eval.perf.memory import kv_size
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-import bench_perf  # noqa: E402
+import bench_perf as cli  # noqa: E402
 
 
 def test_configurations_reference_first_ceiling_per_budget_and_duplicates_once():
@@ -60,3 +68,23 @@ def test_aggregate_medians_and_ratios_by_hand():
     assert lava["tokens_match_full"] == 2  # first difference at index 2
     assert ceiling["decode_speedup"] == 2.0 and math.isnan(ceiling["decode_vs_ceiling"])
     assert math.isnan(ref["decode_vs_ceiling"])
+
+
+def test_kv_size_of_a_plain_cache_counts_the_prompt_positions_only():
+    # 2 layers of (B=1, Hkv=3, T=10, d=4) fp32 keys and values, prompt of 8 tokens (2 decode steps)
+    layer = SimpleNamespace(keys=torch.zeros(1, 3, 10, 4), values=torch.zeros(1, 3, 10, 4))
+    size = kv_size(SimpleNamespace(layers=[layer, layer]), prompt_len=8)
+    assert size["cache_bytes"] == 2 * 2 * 3 * 8 * 4 * 4  # layers x (K, V) x heads x positions x d x 4 bytes
+    assert size["kept_entries"] == 2 * 3 * 8 and size["compressed"] is False
+
+
+def test_kv_size_of_a_compressing_cache_is_its_own_report():
+    report = {"cache_bytes": 123, "kept_entries": 7, "compressed": True}
+    assert kv_size(SimpleNamespace(report=lambda: report), prompt_len=8) == report
+
+
+def test_cli_methods_come_from_the_registry():
+    assert cli.parse_args([]).methods == method_names()
+    assert cli.parse_args(["--methods", "lava", "full", "lava"]).methods == ["lava", "full"]
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--methods", "no_such_method"])

@@ -127,7 +127,7 @@ class CountingScorer:
         self.gen = torch.Generator().manual_seed(seed)
 
     def __call__(self, query_window, keys, values, window, scaling):
-        from lava.scorer import LayerScores
+        from lava.scorers.base import LayerScores
 
         hkv, n, _ = keys.shape
         scores = torch.rand(hkv, n - window, generator=self.gen)

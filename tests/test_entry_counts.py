@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import REPO
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from test_cake_budgets import ref_cake_adjust_budgets
 
+from eval.methods import method_node
 from lava.compat import cache_kwargs
 
 PROMPT_TOKENS, BUDGET, WINDOW = 1467, 128, 32
@@ -22,7 +22,7 @@ PROMPT_TOKENS, BUDGET, WINDOW = 1467, 128, 32
 
 def build(name: str, **overrides):
     root = OmegaConf.create({"budget": BUDGET, "model": {"name": "smollm2-135m"}})
-    root.method = OmegaConf.load(REPO / "configs" / "method" / f"{name}.yaml")
+    root.method = method_node(name)
     for key, value in overrides.items():
         OmegaConf.update(root, f"method.{key}", value)
     return instantiate(root.method, _convert_="all")

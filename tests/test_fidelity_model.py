@@ -15,6 +15,7 @@ import torch
 from transformers import DynamicCache
 
 from eval.benchmarks.fidelity import compare, full_reference, measure
+from eval.methods import compressing_methods
 from eval.metrics.fidelity import token_nll
 from lava.allocation import (
     EntropyLayerBudget,
@@ -23,9 +24,9 @@ from lava.allocation import (
     UniformHeadBudget,
     UniformLayerBudget,
 )
-from lava.lava import LavaScorer
 from lava.method import CompressionMethod
-from lava.scorer import SnapKVScorer
+from lava.scorers.lava import LavaScorer
+from lava.scorers.snapkv import SnapKVScorer
 
 PROMPT, M, WINDOW = 48, 6, 8
 COMMON = dict(
@@ -127,16 +128,7 @@ def test_small_budget_moves_every_measure(tiny, index):
     assert set(seconds) == {"prefill_seconds", "reference_seconds", "decode_seconds"}
 
 
-CONFIG_METHODS = [
-    "streamingllm",
-    "snapkv",
-    "pyramidkv",
-    "adakv",
-    "cake",
-    "lava",
-    "lava_layer_only",
-    "lava_head_only",
-]
+CONFIG_METHODS = compressing_methods()  # the registry
 
 
 @pytest.fixture(scope="module")
@@ -148,14 +140,10 @@ def smollm2_sample(smollm2):
 
 @pytest.mark.parametrize("name", CONFIG_METHODS)
 def test_smollm2_every_configured_method_is_exact_when_nothing_is_evicted(smollm2_sample, name):
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
+    from eval.methods import make_method
 
     model, prompt, continuation = smollm2_sample
-    configs = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "configs")
-    with initialize_config_dir(config_dir=configs, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"method={name}", f"budget={len(prompt) + 8}"])
-    method = instantiate(cfg.method, _convert_="all")
+    method = make_method(name, len(prompt) + 8)
     scores, _ = measure(model, prompt, continuation, method.make_cache(model, 8))
     assert scores["kl"] < 1e-8 and scores["top1"] == 1.0 and abs(scores["nll_delta"]) < 1e-4
     assert max(scores["attn_err_per_layer"]) < 1e-4

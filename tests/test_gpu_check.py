@@ -19,6 +19,7 @@ import gpu_check  # noqa: E402
 
 from eval.gpu_check import attention_paths  # noqa: E402
 from eval.gpu_check.kept import compare_kept  # noqa: E402
+from eval.gpu_check.methods import compressing_methods  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_small_run_writes_every_file(small_run):
 def test_every_method_token_identical_in_fp32_and_passes_in_bf16(small_run):
     out, _ = small_run
     rows = read_csv(out / "token_identity.csv")
-    methods = sorted(p.stem for p in (ROOT / "configs" / "method").glob("*.yaml") if p.stem != "full")
+    methods = compressing_methods()
     assert sorted({r["method"] for r in rows}) == methods
     assert {r["dtype"] for r in rows} == {"float32", "bfloat16"}
     for r in rows:

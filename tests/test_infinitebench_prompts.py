@@ -45,7 +45,7 @@ def test_passkey_prompt():
 
 def test_math_find_prefix_from_the_input_target():
     # Upstream's `re.findall(r"The .+ of", input)[0].lower()[:-3]` drops " of" with its space
-    # (benchmarks.md 4.3 says a double space remains; running upstream's create_prompt shows one).
+    # (one might expect a double space to remain; running upstream's create_prompt shows one).
     text = create_prompt(example("math_find"), "math_find")
     assert text.startswith("What is the second largest number in the following list?\n\nCTX\n\nYou should")
 

@@ -1,4 +1,4 @@
-"""The compressed cache on tiny random models of every supported family (DESIGN.md, "Integration").
+"""The compressed cache on tiny random models of every supported family (docs/methods.md, "The common frame").
 
 Llama (GQA 4/2), Mistral (GQA 8/2), Qwen2 (MHA 4/4, q/k/v biases) and Qwen3 (GQA 9/3, q/k norms),
 two layers each, on CPU in fp32:
@@ -20,9 +20,9 @@ import torch
 
 from lava.allocation import EntropyLayerBudget, FlatHeadBudget, UniformHeadBudget, UniformLayerBudget
 from lava.cache import CompressedCache
-from lava.lava import LavaScorer
 from lava.method import CompressionMethod
-from lava.scorer import SnapKVScorer
+from lava.scorers.lava import LavaScorer
+from lava.scorers.snapkv import SnapKVScorer
 
 NEW_TOKENS = 8
 COMMON = dict(

@@ -149,9 +149,9 @@ def test_packed_attention_keeps_half_precision_dtype():
 def test_compressed_layer_decode_matches_dense_reference(method_name, hq, hkv):
     from lava.allocation import EntropyLayerBudget, FlatHeadBudget, UniformHeadBudget, UniformLayerBudget
     from lava.cache import CompressedCache
-    from lava.lava import LavaScorer
     from lava.method import CompressionMethod
-    from lava.scorer import SnapKVScorer
+    from lava.scorers.lava import LavaScorer
+    from lava.scorers.snapkv import SnapKVScorer
 
     parts = {
         "lava": (LavaScorer(), EntropyLayerBudget(), FlatHeadBudget(0.2)),

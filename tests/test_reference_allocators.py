@@ -32,8 +32,6 @@ from test_reference_scorers import (  # the loop references of the scorers (sibl
     to_lists,
 )
 
-from baselines.cake import CakeScorer
-from baselines.streamingllm import SinkRecencyScorer
 from lava.allocation import (
     EntropyLayerBudget,
     FlatHeadBudget,
@@ -44,9 +42,11 @@ from lava.allocation import (
     UniformLayerBudget,
 )
 from lava.cache import CompressedCache
-from lava.lava import LavaScorer
 from lava.method import CompressionMethod
-from lava.scorer import SnapKVScorer
+from lava.scorers.cake import CakeScorer
+from lava.scorers.lava import LavaScorer
+from lava.scorers.snapkv import SnapKVScorer
+from lava.scorers.streamingllm import SinkRecencyScorer
 
 # ---------------------------------------------------------------------------------------------------------
 # Loop references

@@ -1,4 +1,4 @@
-"""Scorers against plain-Python loop references written from lava_spec.md (sections 1.2, 2, 4, 4.5 (b), 4.6).
+"""Scorers against plain-Python loop references written from the upstream definitions (docs/methods.md, "Scorers").
 
 Each reference below works on nested lists with ``math`` only (one loop per head, query and key
 position), so it shares no code path with the vectorised scorers. The tests compare the scores
@@ -18,15 +18,15 @@ import operator
 import pytest
 import torch
 
-from baselines.cake import CakeScorer, tau_for
-from baselines.streamingllm import SinkRecencyScorer
 from lava.cache import _kept, _ranks
-from lava.lava import LavaScorer
-from lava.scorer import SnapKVScorer
-from lava.scoring import window_attention
+from lava.scorers.cake import CakeScorer, tau_for
+from lava.scorers.lava import LavaScorer
+from lava.scorers.snapkv import SnapKVScorer
+from lava.scorers.streamingllm import SinkRecencyScorer
+from lava.scorers.window import window_attention
 
 # ---------------------------------------------------------------------------------------------------------
-# Loop references (lava_spec.md).
+# Loop references (from the upstream definitions, docs/methods.md).
 # ---------------------------------------------------------------------------------------------------------
 
 ENTROPY_EPS = 1e-16  # spec 1.1: LAVa's epsilon, in the denominator and inside the log

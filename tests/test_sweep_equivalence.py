@@ -11,22 +11,18 @@ the two top scores of the single run at that step must lie within 1e-4, and the 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from transformers import DynamicCache
 
 from eval.generation import greedy_generate
-from eval.methods import method_names
+from eval.methods import compressing_methods, make_method
 from eval.sweep import decode_all, shared_prefill
 from lava.allocation import EntropyLayerBudget
 from lava.models import newline_token_id
 from lava.policy import scorer_key
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BUDGETS = (64, 160)
 NEW_TOKENS = 8
 TIE = 1e-4
@@ -41,14 +37,12 @@ class OnceEntropyBudget(EntropyLayerBudget):
 
 
 def build(name: str, budget: int):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"method={name}", f"budget={budget}"])
-    return instantiate(cfg.method, _convert_="all")
+    return make_method(name, budget)
 
 
 @pytest.fixture(scope="module")
 def methods():
-    out = [build(name, b) for name in method_names() if name != "full" for b in BUDGETS]
+    out = [build(name, b) for name in compressing_methods() for b in BUDGETS]
     out.append(replace(build("lava", 64), name="lava_once", layer_allocator=OnceEntropyBudget()))
     return out
 

@@ -29,22 +29,23 @@ def table_of(root, bench):
 def test_bench_table_values_full_row_repeated_and_best(tmp_path):
     table = table_of(toy_root(tmp_path), "toy")
     frame = table.frame
+    # row order from the method registry (eval.methods.display_order): full first, then by name
     assert list(zip(frame["budget"], frame["method"])) == [
-        (64, "full"), (64, "snapkv"), (64, "lava"), (128, "full"), (128, "snapkv"), (128, "lava"),
+        (64, "full"), (64, "lava"), (64, "snapkv"), (128, "full"), (128, "lava"), (128, "snapkv"),
     ]  # fmt: skip
     assert table.columns == ["a", "b", "average"]
-    assert frame["a"].tolist() == [1.0, 0.5, 1.0, 1.0, 1.0, 0.5]
-    assert frame["b"].tolist() == [0.5, 0.0, 0.5, 0.5, 0.5, 1.0]
-    assert frame["average"].tolist() == [0.75, 0.25, 0.75, 0.75, 0.75, 0.75]
+    assert frame["a"].tolist() == [1.0, 1.0, 0.5, 1.0, 0.5, 1.0]
+    assert frame["b"].tolist() == [0.5, 0.5, 0.0, 0.5, 1.0, 0.5]
+    assert frame["average"].tolist() == [0.75, 0.75, 0.25, 0.75, 0.75, 0.75]
     # the full cache is one budget-less folder, shown at both budgets
     assert frame.loc[frame["method"] == "full", "run"].tolist() == ["full-0123abcd"] * 2
     # best compressed method per budget; a tie marks both; the full cache is never marked
-    assert frame["best_average"].tolist() == [False, False, True, False, True, True]
+    assert frame["best_average"].tolist() == [False, True, False, False, True, True]
     # intervals bracket the value; a constant column has a zero-width interval
     assert (frame["average_low"] <= frame["average"]).all() and (
         frame["average"] <= frame["average_high"]
     ).all()
-    lava64 = frame.iloc[2]
+    lava64 = frame.iloc[1]
     assert lava64["a_low"] == lava64["a_high"] == 1.0
 
 
@@ -150,7 +151,7 @@ def test_written_files_header_markdown_and_rerun_identical(tmp_path):
     assert "model: tiny" in header and "profile: cpu" in header
     assert "samples per run: a 2, b 2" in header and "git commit: abcdef1234" in header
     csv = read_table(tmp_path / "t1" / "toy.csv")
-    assert csv["average"].tolist() == [0.75, 0.25, 0.75, 0.75, 0.75, 0.75]
+    assert csv["average"].tolist() == [0.75, 0.75, 0.25, 0.75, 0.75, 0.75]
     md = (tmp_path / "t1" / "toy.md").read_text().splitlines()
     assert md[0] == "## toy: score (higher is better), methods x budgets"
     row = next(line for line in md if line.startswith("| 64 | lava |"))

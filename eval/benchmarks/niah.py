@@ -1,4 +1,4 @@
-"""Needle-in-a-Haystack in the KV-compression lineage (FranxYao -> PyramidKV -> LAVa); benchmarks.md section 2.2."""
+"""Needle-in-a-Haystack in the KV-compression lineage (FranxYao -> PyramidKV -> LAVa); docs/niah.md."""
 
 from __future__ import annotations
 

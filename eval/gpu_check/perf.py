@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from eval.gpu_check.methods import make_method
+from eval.perf.memory import kv_size
 from lava.compat import cache_kwargs
 
 FULL = "full"
@@ -41,17 +42,6 @@ def _reset_memory(device: torch.device) -> float:
 def _peak(device: torch.device) -> float:
     """Peak allocated bytes since the last reset (``torch.cuda.max_memory_allocated``); NaN off CUDA."""
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else float("nan")
-
-
-def dynamic_kv_bytes(cache: Any, length: int) -> tuple[int, int]:
-    """(bytes, entries) of a DynamicCache's keys and values over its first ``length`` positions."""
-    total = entries = 0
-    for layer in cache.layers:
-        for tensor in (layer.keys, layer.values):
-            part = tensor[..., :length, :]
-            total += part.numel() * part.element_size()
-        entries += layer.keys.shape[1] * min(length, layer.keys.shape[2])
-    return total, entries
 
 
 def budget_kv_bytes(config: Any, budget: int, dtype: torch.dtype) -> int:
@@ -125,11 +115,8 @@ def run_generation(
     t2 = time.perf_counter()
     peak_decode = _peak(device)
     length = ids.shape[1]
-    if name in (FULL, CEILING):
-        kv, kept = dynamic_kv_bytes(cache, length)
-    else:
-        report = cache.report()
-        kv, kept = report["cache_bytes"], report["kept_entries"]
+    size = kv_size(cache, length)
+    kv, kept = size["cache_bytes"], size["kept_entries"]
     out = {
         "method": name,
         "budget": budget or "",

@@ -1,4 +1,4 @@
-"""Needle-in-a-Haystack scores (benchmarks.md section 2.2)."""
+"""Needle-in-a-Haystack scores (docs/niah.md, "Scores")."""
 
 from __future__ import annotations
 

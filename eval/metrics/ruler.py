@@ -1,4 +1,4 @@
-"""RULER scores (benchmarks.md section 3.8).
+"""RULER scores (docs/ruler.md, "Scores").
 
 The scoring rules follow NVIDIA/RULER ``scripts/eval/synthetic/constants.py`` (string_match_all,
 string_match_part) and ``scripts/eval/evaluate.py`` (``postprocess_pred``). The corpus-level

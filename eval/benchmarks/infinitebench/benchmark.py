@@ -1,6 +1,6 @@
 """InfiniteBench (OpenBMB): 12 long-context tasks from released data or, for six, generated offline.
 
-See ``docs/infinitebench.md`` and section 4 of ``reference/benchmarks.md``. Prompts are the open-model
+See ``docs/infinitebench.md`` (tasks, prompts, scores, offline data). Prompts are the open-model
 (yarn_mistral) templates; the whole filled prompt is middle-truncated to ``max_length`` tokens as
 upstream does (128k officially, the model's prompt window by default here).
 """

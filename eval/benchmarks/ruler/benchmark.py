@@ -1,4 +1,4 @@
-"""The RULER benchmark (NVIDIA): 13 synthetic long-context tasks at chosen lengths (benchmarks.md section 3).
+"""The RULER benchmark (NVIDIA): 13 synthetic long-context tasks at chosen lengths (docs/ruler.md).
 
 ``bench=ruler`` generates every sample with the model's own tokenizer so that the full model input
 (chat template and answer prefix included) plus the task's generation budget fits the target

@@ -1,7 +1,7 @@
 """RULER common words extraction (cwe): name the 10 words repeated most often in a numbered list.
 
-Construction follows RULER ``scripts/data/synthetic/common_words_extraction.py`` (benchmarks.md
-section 3.5): one few-shot example, then the main list; 10 common words repeated ``freq_cw`` times
+Construction follows RULER ``scripts/data/synthetic/common_words_extraction.py`` (docs/ruler.md,
+"How samples are made"): one few-shot example, then the main list; 10 common words repeated ``freq_cw`` times
 and the other words ``freq_ucw`` times (3/1 and 6/1 below 4096 tokens), shuffled with a fixed-seed
 ``Random(seed)``. The few-shot block is written without any model template (the chat template
 wraps the whole prompt once).

@@ -1,7 +1,7 @@
 """RULER frequent words extraction (fwe): find the three most frequent coded words in a Zipf text.
 
-Construction follows RULER ``scripts/data/synthetic/freq_words_extraction.py`` (benchmarks.md
-section 3.6): a vocabulary of ``budget // 50`` random 6-letter words, fixed-seed shuffled, rank 1
+Construction follows RULER ``scripts/data/synthetic/freq_words_extraction.py`` (docs/ruler.md,
+"How samples are made"): a vocabulary of ``budget // 50`` random 6-letter words, fixed-seed shuffled, rank 1
 replaced by "..."; word k appears ``int(num_words * k**-alpha / zeta(alpha))`` times; the words are
 shuffled with a fixed-seed ``Random(seed)``. The answers are ranks 2-4.
 """

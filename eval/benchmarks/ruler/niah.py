@@ -1,6 +1,6 @@
 """RULER needle-in-a-haystack family (niah_single_*, niah_multikey_*, niah_multivalue, niah_multiquery).
 
-Construction follows RULER ``scripts/data/synthetic/niah.py`` (benchmarks.md section 3.3): keys and
+Construction follows RULER ``scripts/data/synthetic/niah.py`` (docs/ruler.md, "How samples are made"): keys and
 values from the configured generators, needles shuffled with a fixed-seed ``Random(seed)``, placed
 into a noise, needle or essay haystack, and a query over a random subset of the keys.
 """

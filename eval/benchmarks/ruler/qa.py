@@ -1,6 +1,6 @@
 """RULER QA (qa_1 = SQuAD, qa_2 = HotpotQA): answer a question from documents hidden among distractors.
 
-Construction follows RULER ``scripts/data/synthetic/qa.py`` (benchmarks.md section 3.7): sample i
+Construction follows RULER ``scripts/data/synthetic/qa.py`` (docs/ruler.md, "How samples are made"): sample i
 asks question i; its gold documents come first, then same-article distractors (SQuAD), then random
 documents; the list is shuffled with a fixed-seed ``Random(seed)`` and written as numbered documents.
 """

@@ -1,7 +1,7 @@
 """RULER variable tracking (vt): follow a chain of ``VAR X = VAR Y`` assignments through noise.
 
-Construction follows RULER ``scripts/data/synthetic/variable_tracking.py`` (benchmarks.md section
-3.4), including the one in-context demo: generated once per seed for a 500-token budget with
+Construction follows RULER ``scripts/data/synthetic/variable_tracking.py`` (docs/ruler.md, "How
+samples are made"), including the one in-context demo: generated once per seed for a 500-token budget with
 3-letter names and the value 12345, then given fresh names and a fresh value in every sample.
 """
 

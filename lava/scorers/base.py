@@ -1,12 +1,10 @@
-"""The scorer interface and the SnapKV scorer that most methods share."""
+"""The scorer interface: what every scorer takes (window queries, keys, values) and returns (LayerScores)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-
-from lava.scoring import group_reduce, pool_1d, window_attention
 
 
 @dataclass
@@ -43,28 +41,3 @@ class Scorer:
 
     def bind(self, model_name: str | None, budget: int) -> None:
         """Resolve model- or budget-dependent defaults (CAKE's temperatures); a no-op by default."""
-
-
-@dataclass
-class SnapKVScorer(Scorer):
-    """Mean window attention per prefix key, pooled, averaged over the GQA group (SnapKV, Ada-KV, PyramidKV).
-
-    Parameters
-    ----------
-    kernel : int
-        Pooling window (7 in the LAVa/Ada-KV configs).
-    pooling : {"max", "avg"}
-    gqa : {"mean", "max"}
-    """
-
-    kernel: int = 7
-    pooling: str = "max"
-    gqa: str = "mean"
-
-    def __call__(self, query_window, keys, values, window, scaling) -> LayerScores:
-        prefix = keys.shape[1] - window
-        probs = window_attention(query_window, keys, scaling)  # (Hq, w, n)
-        mean = probs[:, :, :prefix].mean(dim=1)  # window columns dropped after the softmax
-        # Upstream reduces over the GQA group first, then pools (LAVa pools first: see lava.lava).
-        grouped = group_reduce(mean, keys.shape[0], self.gqa)
-        return LayerScores(pool_1d(grouped, self.kernel, self.pooling))

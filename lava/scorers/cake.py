@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lava.scorer import LayerScores, Scorer
-from lava.scoring import group_reduce, pool_1d, window_attention
+from lava.scorers.base import LayerScores, Scorer
+from lava.scorers.window import group_reduce, pool_1d, window_attention
 
 # (tau1, tau2) per model and budget from CAKE's experiments/LongBench/config/model2tau.json; (1, 1) otherwise.
 MODEL_TAU: dict[str, dict[int, tuple[float, float]]] = {

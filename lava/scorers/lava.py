@@ -1,7 +1,7 @@
 """LAVa's own parts: the value-norm-weighted scorer (its layer statistic is the normalised entropy).
 
 Its layer allocator is :class:`lava.allocation.EntropyLayerBudget` and its head allocator
-:class:`lava.allocation.FlatHeadBudget` (lava_spec.md section 1).
+:class:`lava.allocation.FlatHeadBudget` (docs/methods.md, ``lava``).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lava.scorer import LayerScores, Scorer
-from lava.scoring import group_reduce, pool_1d, window_attention
+from lava.scorers.base import LayerScores, Scorer
+from lava.scorers.window import group_reduce, pool_1d, window_attention
 
 ENTROPY_EPS = 1e-16  # upstream epsilon, in the denominator and inside the log
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lava.scorer import LayerScores, Scorer
+from lava.scorers.base import LayerScores, Scorer
 
 
 @dataclass
