@@ -73,8 +73,11 @@ bench-perf: setup
 bench-sweep: setup
 	$(PY) scripts/bench_sweep.py $(ARGS)
 
+# `make reproduce-tables PROFILE=cpu|paper LAUNCHER=local|slurm` (docs/reproduce.md); resumable.
+PROFILE  ?= cpu
+LAUNCHER ?= local
 reproduce-tables: setup
-	$(PY) scripts/reproduce_tables.py $(ARGS)
+	$(PY) scripts/reproduce_tables.py --profile configs/sweep/$(PROFILE).yaml --launcher $(LAUNCHER) $(ARGS)
 
 # The CUDA path in one prepared run (docs/gpu.md): correctness, then speed and memory at 8B scale.
 gpu-check: setup
