@@ -11,13 +11,12 @@ from __future__ import annotations
 import math
 
 import torch
-from lava.lava import LavaScorer
-from lava.scorer import SnapKVScorer
 
 from lava.allocation import EntropyLayerBudget, FlatHeadBudget, UniformHeadBudget, UniformLayerBudget
 from lava.batch import BatchedLayer
 from lava.cache import CompressedCache
 from lava.method import CompressionMethod
+from lava.scorers import LavaScorer, SnapKVScorer
 from tests.test_packed_attention import dense_reference
 
 HQ, HKV, N, D, WINDOW = 6, 2, 60, 16, 4
