@@ -15,13 +15,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers.cache_utils import Cache
 
 from lava.attention import batched_packed_attention, flash_available, logits_dtype
-from lava.cache import CompressedCache, CompressedLayer
+from lava.cache import CompressedCache, CompressedLayer, UnboundedLayer
 
 
-class BatchedLayer(CacheLayerMixin):
+class BatchedLayer(UnboundedLayer):
     """One layer of a :class:`BatchedCache`: the same layer of each member cache.
 
     Packed mode (one-token steps without flash-attn): ``keys``/``values`` of shape (B, R, d) hold
@@ -153,20 +153,6 @@ class BatchedLayer(CacheLayerMixin):
                 self.bias = self.bias[index]
 
     # -- transformers CacheLayerMixin --------------------------------------------------------------------
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        if isinstance(query_length, torch.Tensor):  # early 5.x passes cache_position
-            query_length = query_length.shape[0]
-        return self.seq_len + query_length, 0
-
-    def get_seq_length(self) -> int:
-        return self.seq_len
-
-    def get_max_length(self) -> int:
-        return -1
-
-    def get_max_cache_shape(self) -> int:
-        return -1
-
     def reset(self) -> None:
         raise RuntimeError("a BatchedCache cannot be reset; build a new one")
 

@@ -39,7 +39,32 @@ if TYPE_CHECKING:
     from lava.method import CompressionMethod
 
 
-class CompressedLayer(CacheLayerMixin):
+class UnboundedLayer(CacheLayerMixin):
+    """The length answers of a cache layer with no maximum whose logical length is ``seq_len``.
+
+    Compatibility with early transformers 5.x (from lava.compat.MIN_TRANSFORMERS): in 5.0 to 5.2 (at
+    least) the mixin's abstract length method is ``get_max_cache_shape`` (no maximum: -1), and
+    ``get_mask_sizes`` receives the ``cache_position`` tensor, not the query length.
+    """
+
+    seq_len: int = 0
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        if isinstance(query_length, torch.Tensor):  # early 5.x passes cache_position
+            query_length = query_length.shape[0]
+        return self.seq_len + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.seq_len
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def get_max_cache_shape(self) -> int:
+        return -1
+
+
+class CompressedLayer(UnboundedLayer):
     """One layer's per-head variable-length cache.
 
     ``keys`` and ``values`` are ``(rows, d)`` buffers: the ``num_prompt_rows`` kept prompt entries,
@@ -93,27 +118,8 @@ class CompressedLayer(CacheLayerMixin):
         key_states._lava_layer = self  # routes this layer's attention call to `attend`
         return key_states, value_states
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        if isinstance(query_length, torch.Tensor):  # early 5.x passes cache_position (see below)
-            query_length = query_length.shape[0]
-        return self.seq_len + query_length, 0
-
-    def get_seq_length(self) -> int:
-        return self.seq_len
-
-    def get_max_length(self) -> int:
-        return -1
-
     def reset(self) -> None:
         self.__init__(self.parent, self.layer_idx)
-
-    # -- compatibility with early transformers 5.x (from lava.compat.MIN_TRANSFORMERS) --------------------
-    # In 5.0 to 5.2 (at least) the mixin's abstract length method is `get_max_cache_shape` (no maximum:
-    # -1), and `get_mask_sizes` receives the `cache_position` tensor, not the query length (handled above).
-    def get_max_cache_shape(self) -> int:
-        return -1
-
-    # -- end of compatibility section ----------------------------------------------------------------------
 
     # -- storage ------------------------------------------------------------------------------------------
     @property
