@@ -41,6 +41,8 @@ class RunSummary:
     elapsed_seconds: float
     generated_tokens: int
     paths: list[Path] = field(default_factory=list)
+    # Wall time of the sample loop alone (model loaded, folders open): what the new samples cost.
+    samples_seconds: float = math.nan
 
 
 def validate(cfg: DictConfig) -> None:
@@ -154,6 +156,7 @@ def run(cfg: DictConfig) -> Any:
         initial=len(samples) - len(todo),
         total=len(samples),
     )
+    t_samples = time.perf_counter()
     with RecordWriter(predictions_path) as writer:
         for sample in bar:
             prompt_ids = build_prompt_ids(sample, tokenizer, spec)
@@ -190,9 +193,12 @@ def run(cfg: DictConfig) -> Any:
             new_records.append(record)
             bar.set_postfix({bench.headline_metric(): f"{record['scores'][bench.headline_metric()]:.2f}"})
     bar.close()
+    samples_seconds = {"samples_seconds": round(time.perf_counter() - t_samples, 3)}
     by_id = {r["id"]: r for r in done + new_records}
     records = [by_id[i] for i in ids if i in by_id]
-    return finish_run(run_dir, cfg, bench, records, new_records, time.perf_counter() - t_start, str(device))
+    return finish_run(
+        run_dir, cfg, bench, records, new_records, time.perf_counter() - t_start, str(device), samples_seconds
+    )
 
 
 def read_done(predictions_path: Path) -> list[dict[str, Any]]:
@@ -334,6 +340,7 @@ def finish_run(
         new_samples=len(new_records),
         elapsed_seconds=elapsed,
         generated_tokens=gen_tokens,
+        samples_seconds=float(timings.get("samples_seconds", timings.get("sweep_samples_seconds", math.nan))),
         paths=[run_dir / "predictions.jsonl", run_dir / "scores.json", run_dir / "run_meta.json", *artifacts],
     )
 

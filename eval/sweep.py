@@ -70,6 +70,7 @@ class SweepSummary:
     samples: int
     phase_seconds: dict[str, float]
     score: float = math.nan
+    samples_seconds: float = math.nan  # the sample loop alone (model loaded): what the new samples cost
 
     def format(self) -> str:
         lines = [
@@ -203,6 +204,7 @@ def run_sweep(cfg: DictConfig) -> SweepSummary:
         initial=len(samples) - len(todo),
         total=len(samples),
     )
+    t_samples = time.perf_counter()
     try:
         for sample in bar:
             rows = [i for i, d in enumerate(done_ids) if sample.id not in d]
@@ -221,6 +223,7 @@ def run_sweep(cfg: DictConfig) -> SweepSummary:
                     prompt_ids,
                     sample,
                     prefill.seconds["prefill"],
+                    max_batch,
                 )
                 phases["decode"] += time.perf_counter() - t0
                 phases["prefill"] += prefill.seconds["prefill"]
@@ -259,6 +262,7 @@ def run_sweep(cfg: DictConfig) -> SweepSummary:
             writer.close()
         bar.close()
     elapsed = time.perf_counter() - t_start
+    samples_seconds = elapsed - (t_samples - t_start)
     ids = [s.id for s in samples]
     runs = []
     for config in configs:
@@ -267,8 +271,15 @@ def run_sweep(cfg: DictConfig) -> SweepSummary:
         extra = {
             "sweep_configurations": len(configs),
             "sweep_phase_seconds": {k: round(v, 3) for k, v in phases.items()},
+            "sweep_samples_seconds": round(samples_seconds, 3),
         }
         runs.append(
             finish_run(config.run_dir, config.cfg, bench, records, config.new, elapsed, str(device), extra)
         )
-    return SweepSummary(runs, elapsed, len(samples), {k: round(v, 2) for k, v in phases.items()})
+    return SweepSummary(
+        runs,
+        elapsed,
+        len(samples),
+        {k: round(v, 2) for k, v in phases.items()},
+        samples_seconds=samples_seconds,
+    )

@@ -147,3 +147,33 @@ def test_smollm2_every_configured_method_is_exact_when_nothing_is_evicted(smollm
     scores, _ = measure(model, prompt, continuation, method.make_cache(model, 8))
     assert scores["kl"] < 1e-8 and scores["top1"] == 1.0 and abs(scores["nll_delta"]) < 1e-4
     assert max(scores["attn_err_per_layer"]) < 1e-4
+
+
+def _prefilled(model, prompt, budget: int) -> list:
+    """Every test method's cache and a full ``DynamicCache``, each prefilled with ``prompt``."""
+    from lava.attention import enable
+
+    caches = [m.make_cache(model, M) for m in methods(budget)] + [DynamicCache(config=model.config)]
+    enable(model)
+    with torch.no_grad():
+        for cache in caches:
+            model(input_ids=prompt[None], past_key_values=cache, use_cache=True)
+    return caches
+
+
+@pytest.mark.parametrize("max_batch", [1, 3, 32])
+def test_batched_comparison_equals_one_cache_at_a_time(tiny, max_batch):
+    from eval.benchmarks.fidelity import compare_many
+
+    model, prompt, continuation = tiny
+    ref = full_reference(model, prompt, continuation)
+    one_by_one = [compare(model, ref, cache) for cache in _prefilled(model, prompt, budget=12)]
+    batched = compare_many(model, ref, _prefilled(model, prompt, budget=12), max_batch=max_batch)
+    assert len(batched) == len(one_by_one) == 5
+    for (scores, seconds), expected in zip(batched, one_by_one):
+        assert seconds > 0
+        for key in ("kl", "top1", "nll_delta", "attn_err"):
+            assert scores[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-8), key
+        assert scores["attn_err_per_layer"] == expected["attn_err_per_layer"]  # computed before any forward
+    assert batched[-1][0]["kl"] < 1e-8  # the full cache, in its own forward
+    assert len({round(s["kl"], 6) for s, _ in batched[:-1]}) > 1  # the rows did not get each other's cache

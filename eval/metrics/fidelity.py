@@ -20,6 +20,26 @@ import torch
 LOWER_IS_BETTER = frozenset({"kl", "nll_delta", "attn_err"})
 
 
+def log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Float64 log-softmax over the vocabulary: (m, V) -> (m, V)."""
+    return torch.log_softmax(logits.double(), dim=-1)
+
+
+def kl_from_log_probs(
+    log_p: torch.Tensor, log_q: torch.Tensor, p: torch.Tensor | None = None
+) -> torch.Tensor:
+    """KL(p || q) per position from float64 log-probabilities (m, V) -> (m,), in nats.
+
+    ``p`` (= ``log_p.exp()``) may be passed when it is reused for many ``q``.
+    """
+    return ((log_p.exp() if p is None else p) * (log_p - log_q)).sum(dim=-1)
+
+
+def nll_from_log_probs(log_p: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of ``targets`` (m,) under log-probabilities (m, V); (m,) float64."""
+    return -log_p.gather(1, targets.long().view(-1, 1)).squeeze(1)
+
+
 def next_token_kl(full_logits: torch.Tensor, compressed_logits: torch.Tensor) -> torch.Tensor:
     """KL(p_full || p_compressed) of the softmax distributions at each position, in nats.
 
@@ -31,9 +51,7 @@ def next_token_kl(full_logits: torch.Tensor, compressed_logits: torch.Tensor) ->
     -------
     Tensor, shape (m,), float64
     """
-    log_p = torch.log_softmax(full_logits.double(), dim=-1)
-    log_q = torch.log_softmax(compressed_logits.double(), dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+    return kl_from_log_probs(log_probs(full_logits), log_probs(compressed_logits))
 
 
 def top1_agreement(full_logits: torch.Tensor, compressed_logits: torch.Tensor) -> torch.Tensor:
@@ -43,8 +61,7 @@ def top1_agreement(full_logits: torch.Tensor, compressed_logits: torch.Tensor) -
 
 def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Negative log-likelihood of ``targets`` (m,) under ``logits`` (m, V), in nats; (m,) float64."""
-    log_p = torch.log_softmax(logits.double(), dim=-1)
-    return -log_p.gather(1, targets.long().view(-1, 1)).squeeze(1)
+    return nll_from_log_probs(log_probs(logits), targets)
 
 
 def relative_l2(approx: torch.Tensor, exact: torch.Tensor) -> float:

@@ -9,6 +9,7 @@ For many caches of one sample (a sweep that prefills once and builds every metho
     full = prefill_with_full_copy(model, prompt_ids, any_cache)       # or any DynamicCache of the prompt
     reference = reference_from_full_cache(model, full, n, continuation_ids)
     scores = compare(model, reference, cache)                          # per (method, budget), cache prefilled
+    pairs = compare_many(model, reference, caches)                     # or all at once, batched
 
 (:func:`full_reference` does the first two from the prompt ids alone.) ``continuation_ids`` holds
 ``m + 1`` true tokens: the first ``m`` are teacher-forced in one forward (the ``m`` compared
@@ -23,17 +24,20 @@ the compressed cache kept, so the layer's error is its own and not inherited fro
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from eval.metrics.fidelity import (
-    next_token_kl,
+    kl_from_log_probs,
+    log_probs,
+    nll_from_log_probs,
     packed_causal_attention,
     relative_l2,
-    token_nll,
     top1_agreement,
 )
 from lava.attention import lava_attention_forward
@@ -94,6 +98,21 @@ class FidelityReference:
     @property
     def m(self) -> int:
         return int(self.continuation_ids.shape[0]) - 1
+
+    @functools.cached_property
+    def log_probs(self) -> torch.Tensor:
+        """(m, V) float64 log-probabilities of the full cache (computed once, shared by every cache)."""
+        return log_probs(self.logits)
+
+    @functools.cached_property
+    def probs(self) -> torch.Tensor:
+        """(m, V) float64 probabilities of the full cache."""
+        return self.log_probs.exp()
+
+    @functools.cached_property
+    def nll(self) -> torch.Tensor:
+        """(m,) NLL of the true next tokens under the full cache."""
+        return nll_from_log_probs(self.log_probs, self.continuation_ids[1:])
 
 
 def _project(module: Any, per_head: torch.Tensor) -> torch.Tensor:
@@ -296,6 +315,21 @@ def layer_attention_errors(reference: FidelityReference, cache: Any) -> list[flo
     return errors
 
 
+def scores_from_logits(
+    reference: FidelityReference, logits: torch.Tensor, layer_errors: list[float]
+) -> dict[str, Any]:
+    """The fidelity measures of one cache from its continuation logits (m, V) and layer errors."""
+    log_q = log_probs(logits)
+    nll_delta = nll_from_log_probs(log_q, reference.continuation_ids[1:]) - reference.nll
+    return {
+        "kl": float(kl_from_log_probs(reference.log_probs, log_q, reference.probs).mean()),
+        "top1": float(top1_agreement(reference.logits, logits).mean()),
+        "nll_delta": float(nll_delta.mean()),
+        "attn_err": sum(layer_errors) / len(layer_errors),
+        "attn_err_per_layer": layer_errors,
+    }
+
+
 @torch.inference_mode()
 def compare(model: Any, reference: FidelityReference, cache: Any) -> dict[str, Any]:
     """Teacher-force the continuation through ``cache`` (already prefilled) and compare with the reference.
@@ -320,15 +354,67 @@ def compare(model: Any, reference: FidelityReference, cache: Any) -> dict[str, A
     layer_errors = layer_attention_errors(reference, cache)  # before the forward appends to the cache
     fed = reference.continuation_ids[None, :-1]
     logits = model(input_ids=fed, **cache_kwargs(model, cache), use_cache=True).logits[0].float()
-    targets = reference.continuation_ids[1:]
-    nll_delta = token_nll(logits, targets) - token_nll(reference.logits, targets)
-    return {
-        "kl": float(next_token_kl(reference.logits, logits).mean()),
-        "top1": float(top1_agreement(reference.logits, logits).mean()),
-        "nll_delta": float(nll_delta.mean()),
-        "attn_err": sum(layer_errors) / len(layer_errors),
-        "attn_err_per_layer": layer_errors,
-    }
+    return scores_from_logits(reference, logits, layer_errors)
+
+
+def _batches(caches: Sequence[Any], max_batch: int) -> list[list[int]]:
+    """Indices of ``caches`` grouped for one forward each: compressed caches together, others alone."""
+    from lava.cache import CompressedCache
+
+    compressed = [i for i, c in enumerate(caches) if isinstance(c, CompressedCache)]
+    alone = [[i] for i, c in enumerate(caches) if not isinstance(c, CompressedCache)]
+    return alone + [compressed[k : k + max_batch] for k in range(0, len(compressed), max_batch)]
+
+
+@torch.inference_mode()
+def compare_many(
+    model: Any, reference: FidelityReference, caches: Sequence[Any], max_batch: int = 32
+) -> list[tuple[dict[str, Any], float]]:
+    """:func:`compare` for several prefilled caches of one sample, teacher-forced as one batch.
+
+    Every cache holds the same prompt, so their continuations sit at the same positions: the
+    compressed caches run in forwards of up to ``max_batch`` rows (a :class:`lava.batch.BatchedCache`,
+    one row per cache, each attending over its own entries), which costs less per cache than one
+    forward each; a plain cache (the full method) runs alone. The scores equal :func:`compare`'s.
+
+    Parameters
+    ----------
+    caches : sequence of transformers.Cache
+        Prefilled with the reference's prompt; each gets the continuation appended.
+    max_batch : int
+        Most caches per forward.
+
+    Returns
+    -------
+    list of (dict, float)
+        Per cache, in order: :func:`compare`'s scores, and this cache's share of the wall time (its
+        own attention errors and metrics, plus its batch's forward divided by the batch size).
+    """
+    from lava.batch import BatchedCache
+
+    if max_batch < 1:
+        raise ValueError(f"max_batch={max_batch}; give a positive integer")
+    device = next(model.parameters()).device
+    seconds = [0.0] * len(caches)
+    errors = []
+    for i, cache in enumerate(caches):  # before the forwards append to the caches
+        t0 = time.perf_counter()
+        errors.append(layer_attention_errors(reference, cache))
+        seconds[i] += time.perf_counter() - t0
+    out: list[tuple[dict[str, Any], float] | None] = [None] * len(caches)
+    for rows in _batches(caches, max_batch):
+        _sync(device)
+        t0 = time.perf_counter()
+        cache = caches[rows[0]] if len(rows) == 1 else BatchedCache([caches[i] for i in rows])
+        fed = reference.continuation_ids[None, :-1].expand(len(rows), -1)
+        logits = model(input_ids=fed, **cache_kwargs(model, cache), use_cache=True).logits.float()
+        _sync(device)
+        share = (time.perf_counter() - t0) / len(rows)
+        for k, i in enumerate(rows):
+            t1 = time.perf_counter()
+            scores = scores_from_logits(reference, logits[k], errors[i])
+            out[i] = (scores, seconds[i] + share + time.perf_counter() - t1)
+    return out  # type: ignore[return-value]
 
 
 def _sync(device: torch.device) -> None:
@@ -349,8 +435,6 @@ def measure(
         ``prefill_seconds`` (prefill and compression), ``reference_seconds`` (the full cache's
         teacher-forced pass), ``decode_seconds`` (the cache's teacher-forced pass and the metrics).
     """
-    import time
-
     device = next(model.parameters()).device
     _sync(device)
     t0 = time.perf_counter()
