@@ -23,7 +23,7 @@ LOWEST_TESTS        ?= tests/test_transformers_range.py tests/test_cake_budgets.
                        tests/test_model_families.py tests/test_token_identical.py tests/test_entry_counts.py \
                        tests/test_checks.py tests/test_niah.py
 
-.PHONY: setup run test test-lowest lint format bench-perf bench-sweep reproduce-tables gpu-check gpu-wheels clean
+.PHONY: setup run test test-lowest lint format bench-perf bench-sweep bench-fidelity-cost reproduce-tables gpu-check gpu-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -72,6 +72,9 @@ bench-perf: setup
 
 bench-sweep: setup
 	$(PY) scripts/bench_sweep.py $(ARGS)
+
+bench-fidelity-cost: setup
+	$(PY) scripts/bench_fidelity_cost.py $(ARGS)
 
 # `make reproduce-tables PROFILE=cpu|paper LAUNCHER=local|slurm` (docs/reproduce.md); resumable.
 PROFILE  ?= cpu

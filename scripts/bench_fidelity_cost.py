@@ -1,7 +1,7 @@
 """What a fidelity sample costs per configuration, against a NIAH sample of the same prompt length.
 
-Issue 11's cost rule: fidelity (teacher-forced, no decoding loop) must cost less per configuration
-than one NIAH sample. Both benchmarks run here, side by side in one process, through the real
+The rule fidelity is held to: being teacher-forced (no decoding loop), a sample should cost less per
+configuration than one NIAH sample. Both benchmarks run here, side by side in one process, through the real
 commands (``eval.runner.run``), each leg in a fresh output folder so nothing resumes:
 
 - ``single``: one configuration (``--single``, default ``lava`` at budget 128), one run per benchmark;
@@ -12,11 +12,13 @@ Per leg the cost is the wall time of the sample loop (``samples_seconds``: model
 else) divided by samples x configurations. The legs of one length alternate NIAH / fidelity, in
 reverse order on odd repeats; the CSV holds the median over ``--repeats``. NIAH lengths are offset
 (``--niah-offset``) so that its prompts (needle, question and template included) are about as long
-as fidelity's contexts; the measured prompt tokens are in the table. NIAH runs once per
-``--niah-min-new`` value: upstream's 0 (SmolLM2 ends most answers at once) and 1 (the CPU profile's).
+as fidelity's contexts; the measured prompt tokens are in the table. Fidelity runs once per
+``--continuation-tokens`` value (its ``m``: the teacher-forced positions, 64 by default in
+``bench=fidelity``). NIAH runs once per ``--niah-min-new`` value: upstream's 0 (SmolLM2 ends most
+answers at once) and 1 (the CPU profile's).
 
-    make bench-fidelity-cost                        # lengths 1024 2048, 2 repeats (~15 min on 2 cores)
-    python scripts/bench_fidelity_cost.py --lengths 512 --repeats 1 --budgets 64 --out /tmp/cost
+    make bench-fidelity-cost        # lengths 1024 2048, m 16 32 64, 2 repeats: results/perf/ (~20 min, 2 cores)
+    python scripts/bench_fidelity_cost.py --lengths 512 --repeats 1 --budgets 64 --continuation-tokens 64 --out /tmp/cost
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", type=int, default=[64, 128, 256])
     parser.add_argument("--fidelity-samples", type=int, default=3, help="windows per source (x2 sources)")
     parser.add_argument(
-        "--continuation-tokens", nargs="+", type=int, default=[64], help="fidelity's m (one leg each)"
+        "--continuation-tokens", nargs="+", type=int, default=[16, 32, 64], help="fidelity's m, one leg each"
     )
     parser.add_argument("--niah-samples", type=int, default=5, help="depths, evenly from 0 to 100")
     parser.add_argument("--niah-offset", type=int, default=161, help="NIAH length - fidelity length")

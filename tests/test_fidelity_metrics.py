@@ -12,8 +12,8 @@ import torch
 from eval.benchmarks.fidelity.reference import FidelityReference, LayerCapture, layer_attention_errors
 from eval.metrics.fidelity import (
     LOWER_IS_BETTER,
+    causal_attention_many,
     next_token_kl,
-    packed_causal_attention,
     relative_l2,
     token_nll,
     top1_agreement,
@@ -95,16 +95,29 @@ def _dense_attention_float64(query, keys, values, keep, new_keys, new_values, sc
     return out
 
 
-def test_packed_causal_attention_matches_dense_float64():
+def test_causal_attention_many_matches_dense_float64():
+    """Several caches of one continuation (different kept rows, shuffled) in one padded call."""
     gen = torch.Generator().manual_seed(1)
     hq, hkv, n, m, d = 6, 2, 23, 5, 8
-    keys, values, keep, pk, pv, heads = _random_packed_cache(gen, hkv, n, d, 0.5)
-    perm = torch.randperm(pk.shape[0], generator=gen)  # row order must not matter
     query = torch.randn(hq, m, d, generator=gen)
     nk, nv = torch.randn(hkv, m, d, generator=gen), torch.randn(hkv, m, d, generator=gen)
-    got = packed_causal_attention(query, pk[perm], pv[perm], heads[perm], nk, nv, d**-0.5)
-    want = _dense_attention_float64(query, keys, values, keep, nk, nv, d**-0.5)
-    np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-5, atol=1e-6)
+    prompts, wants = [], []
+    for keep_prob in (0.5, 0.1, 1.0, 0.0):  # 0.0: one row per head
+        keys, values, keep, pk, pv, heads = _random_packed_cache(gen, hkv, n, d, keep_prob)
+        perm = torch.randperm(pk.shape[0], generator=gen)  # row order must not matter
+        prompts.append((pk[perm], pv[perm], heads[perm]))
+        wants.append(_dense_attention_float64(query, keys, values, keep, nk, nv, d**-0.5))
+    # KV head 0 keeps nothing: its queries see only the new tokens.
+    only = heads == 1
+    keep[0] = False
+    prompts.append((pk[only], pv[only], heads[only]))
+    wants.append(_dense_attention_float64(query, keys, values, keep, nk, nv, d**-0.5))
+    got = causal_attention_many(query, prompts, nk, nv, d**-0.5)
+    assert got.shape == (5, hq, m, d)
+    for k, want in enumerate(wants):
+        np.testing.assert_allclose(got[k].double().numpy(), want, rtol=1e-5, atol=1e-6)
+    alone = causal_attention_many(query, prompts[:1], nk, nv, d**-0.5)[0]  # padding changes nothing
+    np.testing.assert_allclose(alone.numpy(), got[0].numpy(), rtol=1e-6, atol=1e-7)
 
 
 def test_attn_err_matches_dense_float64_on_random_per_head_caches():
@@ -132,3 +145,12 @@ def test_attn_err_matches_dense_float64_on_random_per_head_caches():
     got = layer_attention_errors(reference, SimpleNamespace(layers=layers))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
     assert got[2] == pytest.approx(0.0, abs=1e-6) and got[0] > got[1] > 0
+
+
+def test_similar_widths_bounds_the_padding():
+    from eval.benchmarks.fidelity.reference import similar_widths
+
+    # sorted: 0 | 10 12 | 13 (> 1.25 x 10) | 100 120
+    assert similar_widths([10, 100, 12, 0, 120, 13]) == [[3], [0, 2], [5], [1, 4]]
+    assert similar_widths([]) == []
+    assert similar_widths([5, 5, 5]) == [[0, 1, 2]]

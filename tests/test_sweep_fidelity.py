@@ -34,11 +34,16 @@ def test_swept_fidelity_equals_single_runs(tmp_path):
     sweep_root, single_root = tmp_path / "sweep", tmp_path / "single"
     summary = run(_cfg("methods=[full,snapkv,lava]", "budgets=[64]", f"output_root={sweep_root}"))
     assert [r.new_samples for r in summary.runs] == [2, 2, 2]  # one essay and one code sample each
+    # The sample loop's own wall time (what bench_fidelity_cost divides), inside the sweep's elapsed time.
+    assert 0 < summary.samples_seconds < summary.elapsed_seconds
+    meta = json.loads((summary.runs[0].run_dir / "run_meta.json").read_text())
+    assert meta["timings"]["sweep_samples_seconds"] == pytest.approx(summary.samples_seconds, abs=1e-3)
     for swept in summary.runs:
         name = swept.run_dir.name.split("-")[0]
         budget = [] if name == "full" else ["budget=64"]
         single = run(_cfg(f"method={name}", *budget, f"output_root={single_root}"))
         assert single.run_dir.name == swept.run_dir.name  # the same run identity and folder name
+        assert 0 < single.samples_seconds < single.elapsed_seconds
         a, b = _scores(swept.run_dir), _scores(single.run_dir)
         assert a.keys() == b.keys()
         for sample_id in a:

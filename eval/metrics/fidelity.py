@@ -5,7 +5,7 @@ Two families of measures, both computed on the same teacher-forced continuation:
 - end to end, on the next-token distributions: :func:`next_token_kl` (KL(full || compressed), nats
   per position), :func:`top1_agreement` and :func:`token_nll` (for the NLL difference);
 - per layer, the error of the layer's attention output (LAVa's layer-wise objective):
-  :func:`packed_causal_attention` computes the continuation's attention over what a compressed cache
+  :func:`causal_attention_many` computes the continuation's attention over what each compressed cache
   kept, :func:`relative_l2` compares it with the full-cache output.
 
 Everything is computed in float64 or float32 regardless of the model's dtype, so that the measures
@@ -13,6 +13,8 @@ do not depend on bf16 rounding.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -74,28 +76,58 @@ def relative_l2(approx: torch.Tensor, exact: torch.Tensor) -> float:
     return float(diff / denom)
 
 
-def packed_causal_attention(
+def pad_by_head(
+    rows: torch.Tensor, row_head: torch.Tensor, num_heads: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of any head order -> one zero-padded block per head.
+
+    Parameters
+    ----------
+    rows : Tensor, shape (N, d)
+    row_head : Tensor, shape (N,), int64
+        Head of each row.
+    num_heads : int
+    width : int
+        Rows per head in the output; at least the largest head's count.
+
+    Returns
+    -------
+    padded : Tensor, shape (num_heads, width, d)
+        Head ``h``'s rows in their original order, then zeros.
+    valid : Tensor, shape (num_heads, width), bool
+    """
+    row_head = row_head.to(rows.device)
+    order = torch.argsort(row_head, stable=True)
+    heads = row_head[order]
+    counts = torch.bincount(heads, minlength=num_heads)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(heads.numel(), device=rows.device) - starts[heads]
+    padded = rows.new_zeros((num_heads, width, rows.shape[-1]))
+    padded[heads, slot] = rows[order]
+    valid = torch.arange(width, device=rows.device)[None, :] < counts[:, None]
+    return padded, valid
+
+
+def causal_attention_many(
     query: torch.Tensor,
-    prompt_keys: torch.Tensor,
-    prompt_values: torch.Tensor,
-    row_head: torch.Tensor,
+    prompts: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     new_keys: torch.Tensor,
     new_values: torch.Tensor,
     scaling: float,
 ) -> torch.Tensor:
-    """Attention of ``m`` new queries over a per-head prompt cache plus their own keys (causal).
+    """Attention of ``m`` new queries over each of several per-head prompt caches plus their own keys.
 
     Query head ``h`` belongs to KV head ``h // (Hq / Hkv)`` (grouped-query attention). It sees every
-    prompt row of its KV head and the new tokens up to and including its own position.
+    prompt row of its KV head in the cache and the new tokens up to and including its own position.
+    The caches share the queries and the new tokens (one continuation, several compressions of its
+    prompt), so they are computed in one padded batch; padding gets zero weight.
 
     Parameters
     ----------
     query : Tensor, shape (Hq, m, d)
         Post-RoPE queries of the new tokens.
-    prompt_keys, prompt_values : Tensor, shape (N, d)
-        Kept prompt entries of all KV heads as rows, in any order.
-    row_head : Tensor, shape (N,), int64
-        KV head of each prompt row.
+    prompts : sequence of (keys (N_c, d), values (N_c, d), row_head (N_c,) int64)
+        Per cache: its kept prompt entries of all KV heads as rows, in any order, and each row's KV head.
     new_keys, new_values : Tensor, shape (Hkv, m, d)
         The new tokens' own (post-RoPE) keys and values.
     scaling : float
@@ -103,21 +135,23 @@ def packed_causal_attention(
 
     Returns
     -------
-    Tensor, shape (Hq, m, d), float32
+    Tensor, shape (C, Hq, m, d), float32
+        One attention output per cache, in the order of ``prompts``.
     """
     hq, m, d = query.shape
     hkv = new_keys.shape[0]
     group = hq // hkv
-    causal = torch.ones(m, m, dtype=torch.bool, device=query.device).tril()
-    out = query.new_empty((hq, m, d), dtype=torch.float32)
-    row_head = row_head.to(prompt_keys.device)
-    for head in range(hkv):
-        rows = row_head == head
-        keys = torch.cat([prompt_keys[rows], new_keys[head]]).float()  # (n_h + m, d)
-        values = torch.cat([prompt_values[rows], new_values[head]]).float()
-        q = query[head * group : (head + 1) * group].float()  # (g, m, d)
-        logits = torch.matmul(q, keys.T) * scaling  # (g, m, n_h + m)
-        n_h = keys.shape[0] - m
-        logits[:, :, n_h:] = logits[:, :, n_h:].masked_fill(~causal, float("-inf"))
-        out[head * group : (head + 1) * group] = torch.matmul(torch.softmax(logits, dim=-1), values)
-    return out
+    q = query.float().reshape(hkv, group * m, d)  # row j * m + i: query head (kv, j), position i
+    own = torch.matmul(q, new_keys.float().transpose(1, 2)) * scaling  # (Hkv, g*m, m)
+    causal = torch.ones(m, m, dtype=torch.bool, device=query.device).tril().repeat(group, 1)
+    own = own.masked_fill(~causal, float("-inf"))
+    width = max([1] + [int(torch.bincount(h.cpu(), minlength=hkv).max()) for _, _, h in prompts if h.numel()])
+    padded = [pad_by_head(k.float(), h, hkv, width) for k, _, h in prompts]
+    keys = torch.stack([p for p, _ in padded])  # (C, Hkv, W, d)
+    valid = torch.stack([v for _, v in padded])  # (C, Hkv, W)
+    values = torch.stack([pad_by_head(v.float(), h, hkv, width)[0] for _, v, h in prompts])
+    logits = torch.matmul(q, keys.transpose(2, 3)) * scaling  # (C, Hkv, g*m, W)
+    logits = logits.masked_fill(~valid[:, :, None, :], float("-inf"))
+    weights = torch.softmax(torch.cat([logits, own.expand(len(prompts), -1, -1, -1)], dim=-1), dim=-1)
+    out = torch.matmul(weights[..., :width], values) + torch.matmul(weights[..., width:], new_values.float())
+    return out.reshape(len(prompts), hkv, group, m, d).reshape(len(prompts), hq, m, d)

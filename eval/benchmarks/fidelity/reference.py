@@ -33,10 +33,10 @@ from typing import Any
 import torch
 
 from eval.metrics.fidelity import (
+    causal_attention_many,
     kl_from_log_probs,
     log_probs,
     nll_from_log_probs,
-    packed_causal_attention,
     relative_l2,
     top1_agreement,
 )
@@ -116,8 +116,8 @@ class FidelityReference:
 
 
 def _project(module: Any, per_head: torch.Tensor) -> torch.Tensor:
-    """(m, Hq, d) per-head attention output -> (m, hidden) through the module's output projection."""
-    flat = per_head.reshape(per_head.shape[0], -1)
+    """(..., m, Hq, d) per-head attention output -> (..., m, hidden) through the module's output projection."""
+    flat = per_head.reshape(*per_head.shape[:-2], -1)
     proj = getattr(module, "o_proj", None)
     return flat if proj is None else proj(flat.to(proj.weight.dtype)).float()
 
@@ -297,22 +297,49 @@ def kept_prompt_rows(layer: Any, prompt_len: int) -> tuple[torch.Tensor, torch.T
     return keys.reshape(hkv * n, d), values.reshape(hkv * n, d), heads
 
 
+def similar_widths(widths: Sequence[int], slack: float = 1.25) -> list[list[int]]:
+    """Indices grouped so that in each group the widest is at most ``slack`` times the narrowest.
+
+    Padding a group to its widest member then wastes at most ``slack - 1`` of the work.
+    """
+    groups: list[list[int]] = []
+    for i in sorted(range(len(widths)), key=lambda k: widths[k]):
+        if groups and widths[i] <= slack * max(widths[groups[-1][0]], 1):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 @torch.no_grad()
-def layer_attention_errors(reference: FidelityReference, cache: Any) -> list[float]:
-    """Per layer: relative L2 error of the attention output over the cache's kept prompt entries.
+def layer_attention_errors_many(reference: FidelityReference, caches: Sequence[Any]) -> list[list[float]]:
+    """Per cache, per layer: relative L2 error of the attention output over the cache's kept prompt entries.
 
     The queries and the continuation's own keys/values come from the full-cache run, so each
-    layer sees the same inputs as under the full cache and its error is its own.
+    layer sees the same inputs as under the full cache and its error is its own. Per layer, caches
+    whose largest head is of similar size are computed together (padded to the largest).
     """
-    errors = []
-    for capture, layer in zip(reference.layers, cache.layers):
-        keys, values, row_head = kept_prompt_rows(layer, reference.prompt_len)
-        per_head = packed_causal_attention(
-            capture.query, keys, values, row_head, capture.keys, capture.values, capture.scaling
-        )  # (Hq, m, d)
-        approx = _project(capture.module, per_head.transpose(0, 1))
-        errors.append(relative_l2(approx, capture.output))
+    errors: list[list[float]] = [[] for _ in caches]
+    for index, capture in enumerate(reference.layers):
+        prompts = [kept_prompt_rows(cache.layers[index], reference.prompt_len) for cache in caches]
+        hkv = capture.keys.shape[0]
+        widths = [int(torch.bincount(h.cpu(), minlength=hkv).max()) if h.numel() else 0 for *_, h in prompts]
+        layer_errors = [0.0] * len(caches)
+        for group in similar_widths(widths):
+            per_head = causal_attention_many(
+                capture.query, [prompts[k] for k in group], capture.keys, capture.values, capture.scaling
+            )  # (C, Hq, m, d)
+            approx = _project(capture.module, per_head.transpose(1, 2))  # (C, m, hidden)
+            for row, k in enumerate(group):
+                layer_errors[k] = relative_l2(approx[row], capture.output)
+        for k, value in enumerate(layer_errors):
+            errors[k].append(value)
     return errors
+
+
+def layer_attention_errors(reference: FidelityReference, cache: Any) -> list[float]:
+    """:func:`layer_attention_errors_many` of one cache."""
+    return layer_attention_errors_many(reference, [cache])[0]
 
 
 def scores_from_logits(
@@ -388,32 +415,28 @@ def compare_many(
     -------
     list of (dict, float)
         Per cache, in order: :func:`compare`'s scores, and this cache's share of the wall time (its
-        own attention errors and metrics, plus its batch's forward divided by the batch size).
+        batch's attention errors and forward divided by the batch size, plus its own metrics).
     """
     from lava.batch import BatchedCache
 
     if max_batch < 1:
         raise ValueError(f"max_batch={max_batch}; give a positive integer")
     device = next(model.parameters()).device
-    seconds = [0.0] * len(caches)
-    errors = []
-    for i, cache in enumerate(caches):  # before the forwards append to the caches
-        t0 = time.perf_counter()
-        errors.append(layer_attention_errors(reference, cache))
-        seconds[i] += time.perf_counter() - t0
     out: list[tuple[dict[str, Any], float] | None] = [None] * len(caches)
     for rows in _batches(caches, max_batch):
+        members = [caches[i] for i in rows]
         _sync(device)
         t0 = time.perf_counter()
-        cache = caches[rows[0]] if len(rows) == 1 else BatchedCache([caches[i] for i in rows])
+        errors = layer_attention_errors_many(reference, members)  # before the forward appends to the caches
+        cache = members[0] if len(rows) == 1 else BatchedCache(members)
         fed = reference.continuation_ids[None, :-1].expand(len(rows), -1)
         logits = model(input_ids=fed, **cache_kwargs(model, cache), use_cache=True).logits.float()
         _sync(device)
         share = (time.perf_counter() - t0) / len(rows)
         for k, i in enumerate(rows):
             t1 = time.perf_counter()
-            scores = scores_from_logits(reference, logits[k], errors[i])
-            out[i] = (scores, seconds[i] + share + time.perf_counter() - t1)
+            scores = scores_from_logits(reference, logits[k], errors[k])
+            out[i] = (scores, share + time.perf_counter() - t1)
     return out  # type: ignore[return-value]
 
 
