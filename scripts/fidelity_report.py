@@ -3,9 +3,9 @@
     python scripts/fidelity_report.py --out /tmp/fid_out                 # measure (resumable) + report
     python scripts/fidelity_report.py --out /tmp/fid_out --report-only   # rebuild the tables
 
-Configurations run one by one through the library (:func:`eval.benchmarks.fidelity.measure`: one
-prefill per sample and configuration, the full reference taken from the same prefill). Results are
-appended to ``<out>/fidelity_raw.jsonl`` as they finish, so a killed run resumes. The report is
+Every configuration runs in one sweep (``run.py bench=fidelity methods=all budgets=[...]``: one
+prefill per sample, the compressed caches teacher-forced together) into ``<out>/runs``, whose run
+folders are the same as single runs' and resume the same way when killed. The report is
 ``<out>/fidelity_report.md``: mean and 95% bootstrap interval of kl, top1, nll_delta and attn_err per
 method and budget, the paired interval of each method's difference to snapkv at the same budget, and
 the mean layer-wise attention error of lava, adakv and snapkv.
@@ -14,77 +14,74 @@ the mean layer-wise attention error of lava, adakv and snapkv.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from eval.methods import display_order, make_method  # noqa: E402
+from eval.methods import display_order  # noqa: E402
 from eval.stats import bootstrap_ci, paired_bootstrap_ci, separated  # noqa: E402
 
 METHODS = display_order()  # every method config (eval.methods), the full cache first
 METRICS = ["kl", "top1", "nll_delta", "attn_err"]
 
 
-def measure_all(args: argparse.Namespace, raw: Path) -> None:
-    import torch
-    import yaml
-    from transformers import DynamicCache
+def sweep_overrides(args: argparse.Namespace) -> list[str]:
+    return [
+        "bench=fidelity",
+        f"bench.lengths=[{args.length}]",
+        f"bench.samples_per_source={args.samples // 2}",
+        f"bench.continuation_tokens={args.m}",
+        f"methods=[{','.join(METHODS)}]",
+        f"budgets=[{','.join(map(str, args.budgets))}]",
+        f"output_root={args.out / 'runs'}",
+    ]
 
-    from eval.benchmarks.base import PromptContext
-    from eval.benchmarks.fidelity import Fidelity, measure
-    from eval.runner import build_prompt_ids
-    from lava.models import as_spec, load_model
 
-    done = set()
-    if raw.exists():
-        for line in raw.read_text().splitlines():
-            r = json.loads(line)
-            done.add((r["id"], r["method"], r["budget"]))
-    spec = as_spec(yaml.safe_load((REPO / "configs" / "model" / "smollm2-135m.yaml").read_text()))
-    model, tok = load_model(spec)
-    bench = Fidelity(lengths=[args.length], samples_per_source=args.samples // 2, continuation_tokens=args.m)
-    ctx = PromptContext(tokenizer=tok, model_name=spec.name, max_prompt_tokens=spec.max_prompt_tokens)
-    samples = list(bench.samples(ctx))
-    methods = {
-        (n, b): make_method(n, b, spec.name)
-        for n in METHODS
-        for b in (args.budgets[:1] if n == "full" else args.budgets)
-    }
-    with open(raw, "a") as out:
-        for sample in samples:
-            prompt_ids = build_prompt_ids(sample, tok, spec)
-            for (name, budget), method in methods.items():
-                if (sample.id, name, budget) in done:
-                    continue
-                cache = (
-                    DynamicCache(config=model.config) if method is None else method.make_cache(model, args.m)
-                )
-                if method is None:
-                    model.set_attn_implementation("sdpa")
-                t0 = time.perf_counter()
-                scores, seconds = measure(model, prompt_ids, sample.meta["continuation_ids"], cache)
-                row = {"id": sample.id, "task": sample.task, "method": name, "budget": budget, **scores}
-                row.update(seconds, total_seconds=time.perf_counter() - t0, prompt_tokens=len(prompt_ids))
-                out.write(json.dumps(row) + "\n")
-                out.flush()
-                print(
-                    f"{sample.id} {name}@{budget}: kl={scores['kl']:.4f} {row['total_seconds']:.1f}s",
-                    flush=True,
-                )
-            del cache
-            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+def measure_all(args: argparse.Namespace) -> None:
+    """Run (or resume) the sweep of every method x budget."""
+    from hydra import compose, initialize_config_dir
+
+    from eval.runner import run
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=sweep_overrides(args))
+    print(run(cfg).format())
+
+
+def read_rows(args: argparse.Namespace) -> list[dict]:
+    """One row per (sample, method, budget) from the sweep's run folders; the full cache once."""
+    from eval.collect import find_runs
+
+    rows = []
+    for found in find_runs(args.out / "runs"):
+        if found.bench != "fidelity":
+            continue
+        for record in found.records:
+            if record["prompt_tokens"] != args.length:
+                continue  # another length's samples in the same folder
+            rows.append(
+                {
+                    "id": record["id"],
+                    "task": record["task"],
+                    "method": found.method,
+                    "budget": args.budgets[0] if found.budget is None else found.budget,
+                    **record["fidelity"],
+                    "attn_err_per_layer": record["attn_err_per_layer"],
+                    "prefill_seconds": record["prefill_seconds"],
+                    "reference_seconds": record["reference_seconds"],
+                    "decode_seconds": record["decode_seconds"],
+                }
+            )
+    return rows
 
 
 def fmt(ci: tuple[float, float, float], digits: int = 3) -> str:
     return f"{ci[0]:.{digits}f} [{ci[1]:.{digits}f}, {ci[2]:.{digits}f}]"
 
 
-def report(raw: Path, budgets: list[int]) -> str:
-    rows = [json.loads(line) for line in raw.read_text().splitlines()]
+def report(rows: list[dict], budgets: list[int]) -> str:
     by = {}
     for r in rows:
         by.setdefault((r["method"], r["budget"]), {})[r["id"]] = r
@@ -136,12 +133,15 @@ def report(raw: Path, budgets: list[int]) -> str:
                 f"| {layer} | " + " | ".join(f"{curves[m][layer]:.4f}" for m in curve_methods) + " |"
             )
         lines.append("")
-    secs = [r["total_seconds"] for r in rows if r["method"] != "full"]
+    # Per sample, the sweep's prefill and reference are shared by every configuration; the compare
+    # is each configuration's share of its batch.
+    samples = {r["id"]: r for r in rows}.values()
+    prefill = sum(r["prefill_seconds"] + r["reference_seconds"] for r in samples)
+    compare = sum(r["decode_seconds"] for r in rows)
     lines += [
-        f"Wall time per sample and configuration: mean {sum(secs) / len(secs):.2f} s over {len(secs)} "
-        f"(prefill {sum(r['prefill_seconds'] for r in rows) / len(rows):.2f}, reference "
-        f"{sum(r['reference_seconds'] for r in rows) / len(rows):.2f}, compare "
-        f"{sum(r['decode_seconds'] for r in rows) / len(rows):.2f})"
+        f"Wall time: {len(samples)} samples x {len(by)} configurations; per sample, prefill + reference "
+        f"{prefill / len(samples):.2f} s (shared) and compare {compare / len(samples):.2f} s (all "
+        f"configurations); per sample and configuration {(prefill + compare) / len(rows):.3f} s."
     ]
     return "\n".join(lines) + "\n"
 
@@ -158,10 +158,9 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    raw = args.out / "fidelity_raw.jsonl"
     if not args.report_only:
-        measure_all(args, raw)
-    text = report(raw, args.budgets)
+        measure_all(args)
+    text = report(read_rows(args), args.budgets)
     (args.out / "fidelity_report.md").write_text(text)
     print(text)
 
