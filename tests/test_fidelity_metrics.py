@@ -154,3 +154,21 @@ def test_similar_widths_bounds_the_padding():
     assert similar_widths([10, 100, 12, 0, 120, 13]) == [[3], [0, 2], [5], [1, 4]]
     assert similar_widths([]) == []
     assert similar_widths([5, 5, 5]) == [[0, 1, 2]]
+
+
+def test_full_distribution_scores_equal_the_definitions():
+    """FullDistribution's logsumexp form of KL and NLL against next_token_kl / token_nll."""
+    from eval.metrics.fidelity import FullDistribution
+
+    gen = torch.Generator().manual_seed(5)
+    full = torch.randn(7, 300, generator=gen) * 4
+    targets = torch.randint(0, 300, (7,), generator=gen)
+    summary = FullDistribution.of(full)
+    for scale in (0.01, 1.0, 5.0):
+        other = full + scale * torch.randn(7, 300, generator=gen)
+        kl, nll = summary.kl_and_nll(other, targets)
+        torch.testing.assert_close(kl, next_token_kl(full, other), rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(nll, token_nll(other, targets), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(summary.nll(targets), token_nll(full, targets), rtol=1e-12, atol=1e-12)
+    kl, _ = summary.kl_and_nll(full.clone(), targets)
+    assert torch.equal(kl, torch.zeros(7, dtype=torch.float64))  # identical logits: exactly 0

@@ -15,31 +15,12 @@ do not depend on bf16 rounding.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 # Metrics where a lower value is better; benchmarks expose this set as ``lower_is_better``.
 LOWER_IS_BETTER = frozenset({"kl", "nll_delta", "attn_err"})
-
-
-def log_probs(logits: torch.Tensor) -> torch.Tensor:
-    """Float64 log-softmax over the vocabulary: (m, V) -> (m, V)."""
-    return torch.log_softmax(logits.double(), dim=-1)
-
-
-def kl_from_log_probs(
-    log_p: torch.Tensor, log_q: torch.Tensor, p: torch.Tensor | None = None
-) -> torch.Tensor:
-    """KL(p || q) per position from float64 log-probabilities (m, V) -> (m,), in nats.
-
-    ``p`` (= ``log_p.exp()``) may be passed when it is reused for many ``q``.
-    """
-    return ((log_p.exp() if p is None else p) * (log_p - log_q)).sum(dim=-1)
-
-
-def nll_from_log_probs(log_p: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Negative log-likelihood of ``targets`` (m,) under log-probabilities (m, V); (m,) float64."""
-    return -log_p.gather(1, targets.long().view(-1, 1)).squeeze(1)
 
 
 def next_token_kl(full_logits: torch.Tensor, compressed_logits: torch.Tensor) -> torch.Tensor:
@@ -53,7 +34,67 @@ def next_token_kl(full_logits: torch.Tensor, compressed_logits: torch.Tensor) ->
     -------
     Tensor, shape (m,), float64
     """
-    return kl_from_log_probs(log_probs(full_logits), log_probs(compressed_logits))
+    log_p = torch.log_softmax(full_logits.double(), dim=-1)
+    log_q = torch.log_softmax(compressed_logits.double(), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+
+
+@dataclass(frozen=True)
+class FullDistribution:
+    """The full cache's next-token distributions, summarised once to score many compressed caches.
+
+    With logits ``z`` and ``lse = logsumexp(z)``, ``log p = z - lse``, so for another distribution q
+
+        KL(p || q) = sum_v p_v (z_p - z_q)_v - (lse_p - lse_q) * sum_v p_v,
+
+    which needs one product-sum and one logsumexp per compressed cache instead of a log-softmax
+    and two temporaries of the vocabulary's size. Identical logits give exactly 0.
+
+    Attributes
+    ----------
+    logits : Tensor, shape (m, V), float64
+    probs : Tensor, shape (m, V), float64
+    lse : Tensor, shape (m,)
+    mass : Tensor, shape (m,)
+        ``probs.sum(-1)`` (1 up to rounding).
+    p_dot_z : Tensor, shape (m,)
+        ``(probs * logits).sum(-1)``.
+    """
+
+    logits: torch.Tensor
+    probs: torch.Tensor
+    lse: torch.Tensor
+    mass: torch.Tensor
+    p_dot_z: torch.Tensor
+
+    @classmethod
+    def of(cls, logits: torch.Tensor) -> FullDistribution:
+        z = logits.double()
+        lse = torch.logsumexp(z, dim=-1)
+        probs = torch.exp(z - lse[:, None])
+        return cls(z, probs, lse, probs.sum(dim=-1), (probs * z).sum(dim=-1))
+
+    def kl_and_nll(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """KL(full || compressed) per position and the compressed NLL of ``targets``; (m,) float64 each.
+
+        Parameters
+        ----------
+        logits : Tensor, shape (m, V)
+            The compressed cache's logits at the same positions.
+        targets : Tensor, shape (m,)
+        """
+        z = logits.double()
+        lse = torch.logsumexp(z, dim=-1)
+        kl = self.p_dot_z - (self.probs * z).sum(dim=-1) - (self.lse - lse) * self.mass
+        return kl, _nll(z, lse, targets)
+
+    def nll(self, targets: torch.Tensor) -> torch.Tensor:
+        """(m,) NLL of ``targets`` under the full distributions (the same arithmetic as :meth:`kl_and_nll`)."""
+        return _nll(self.logits, self.lse, targets)
+
+
+def _nll(z: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return lse - z.gather(1, targets.long().view(-1, 1)).squeeze(1)
 
 
 def top1_agreement(full_logits: torch.Tensor, compressed_logits: torch.Tensor) -> torch.Tensor:
@@ -63,7 +104,8 @@ def top1_agreement(full_logits: torch.Tensor, compressed_logits: torch.Tensor) -
 
 def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Negative log-likelihood of ``targets`` (m,) under ``logits`` (m, V), in nats; (m,) float64."""
-    return nll_from_log_probs(log_probs(logits), targets)
+    log_p = torch.log_softmax(logits.double(), dim=-1)
+    return -log_p.gather(1, targets.long().view(-1, 1)).squeeze(1)
 
 
 def relative_l2(approx: torch.Tensor, exact: torch.Tensor) -> float:

@@ -33,10 +33,8 @@ from typing import Any
 import torch
 
 from eval.metrics.fidelity import (
+    FullDistribution,
     causal_attention_many,
-    kl_from_log_probs,
-    log_probs,
-    nll_from_log_probs,
     relative_l2,
     top1_agreement,
 )
@@ -100,19 +98,14 @@ class FidelityReference:
         return int(self.continuation_ids.shape[0]) - 1
 
     @functools.cached_property
-    def log_probs(self) -> torch.Tensor:
-        """(m, V) float64 log-probabilities of the full cache (computed once, shared by every cache)."""
-        return log_probs(self.logits)
-
-    @functools.cached_property
-    def probs(self) -> torch.Tensor:
-        """(m, V) float64 probabilities of the full cache."""
-        return self.log_probs.exp()
+    def distribution(self) -> FullDistribution:
+        """The full cache's distributions, summarised once for every compared cache."""
+        return FullDistribution.of(self.logits)
 
     @functools.cached_property
     def nll(self) -> torch.Tensor:
         """(m,) NLL of the true next tokens under the full cache."""
-        return nll_from_log_probs(self.log_probs, self.continuation_ids[1:])
+        return self.distribution.nll(self.continuation_ids[1:])
 
 
 def _project(module: Any, per_head: torch.Tensor) -> torch.Tensor:
@@ -346,12 +339,11 @@ def scores_from_logits(
     reference: FidelityReference, logits: torch.Tensor, layer_errors: list[float]
 ) -> dict[str, Any]:
     """The fidelity measures of one cache from its continuation logits (m, V) and layer errors."""
-    log_q = log_probs(logits)
-    nll_delta = nll_from_log_probs(log_q, reference.continuation_ids[1:]) - reference.nll
+    kl, nll = reference.distribution.kl_and_nll(logits, reference.continuation_ids[1:])
     return {
-        "kl": float(kl_from_log_probs(reference.log_probs, log_q, reference.probs).mean()),
+        "kl": float(kl.mean()),
         "top1": float(top1_agreement(reference.logits, logits).mean()),
-        "nll_delta": float(nll_delta.mean()),
+        "nll_delta": float((nll - reference.nll).mean()),
         "attn_err": sum(layer_errors) / len(layer_errors),
         "attn_err_per_layer": layer_errors,
     }
