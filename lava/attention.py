@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 ATTN_NAME = "lava"
-_registered = False
+_registered: set[str] = set()  # attention implementation names registered with transformers
 
 
 def packed_attention(
@@ -201,17 +201,21 @@ def lava_attention_forward(
     return layer.attend(query, scale), None
 
 
-def register() -> None:
-    """Register ``"lava"`` with transformers' attention and mask interfaces (idempotent)."""
-    global _registered
-    if _registered:
+def register_attention(name: str, forward: Any) -> None:
+    """Register ``forward`` as attention implementation ``name`` (with SDPA's mask), once per name."""
+    if name in _registered:
         return
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(ATTN_NAME, lava_attention_forward)
-    AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
-    _registered = True
+    AttentionInterface.register(name, forward)
+    AttentionMaskInterface.register(name, sdpa_mask)
+    _registered.add(name)
+
+
+def register() -> None:
+    """Register ``"lava"`` with transformers' attention and mask interfaces (idempotent)."""
+    register_attention(ATTN_NAME, lava_attention_forward)
 
 
 def enable(model: Any) -> Any:

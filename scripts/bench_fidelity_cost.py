@@ -35,13 +35,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
 def bench_overrides(bench: str, length: int, args: argparse.Namespace, setting: int) -> list[str]:
     """Hydra overrides choosing one benchmark's samples at (about) ``length`` prompt tokens.
 
@@ -67,17 +60,18 @@ def run_leg(bench_args: list[str], mode: str, args: argparse.Namespace) -> dict:
     """One leg in this process: a single run or a sweep; its per-configuration cost."""
     import json
 
+    from eval.compose import compose_config
     from eval.runner import run
 
     root = Path(tempfile.mkdtemp(prefix=f"fidelity-cost-{mode}-"))
     common = [*bench_args, f"output_root={root}", "progress=false"]
     if mode == "single":
         name, budget = args.single
-        summary = run(_compose([*common, f"method={name}", f"budget={budget}"]))
+        summary = run(compose_config([*common, f"method={name}", f"budget={budget}"]))
         runs, samples_seconds = [summary], summary.samples_seconds
     else:
         budgets = ",".join(map(str, args.budgets))
-        summary = run(_compose([*common, "methods=all", f"budgets=[{budgets}]"]))
+        summary = run(compose_config([*common, "methods=all", f"budgets=[{budgets}]"]))
         runs, samples_seconds = summary.runs, summary.samples_seconds
     records = [json.loads(line) for line in (runs[0].run_dir / "predictions.jsonl").read_text().splitlines()]
     samples = len(records)

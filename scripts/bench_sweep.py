@@ -51,13 +51,6 @@ COLUMNS = [
 ]
 
 
-def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
 def _configs(methods: list[str], budgets: list[int]) -> list[tuple[str, int]]:
     out = []
     for method in methods:
@@ -82,6 +75,7 @@ def run_leg(
     leg: str, methods: list[str], budgets: list[int], limit: int | None, bench: list[str], out_json: Path
 ) -> None:
     """Worker: run one leg in this process and write its measurements to ``out_json``."""
+    from eval.compose import compose_config
     from eval.runner import run
 
     output_root = Path(tempfile.mkdtemp(prefix=f"bench-sweep-{leg}-"))
@@ -93,16 +87,18 @@ def run_leg(
     phases = None
     if leg == "full":
         configs = [("full", budgets[0])]
-        run(_compose([*common, "method=full"]))
+        run(compose_config([*common, "method=full"]))
     elif leg == "sweep":
         summary = run(
-            _compose([*common, f"methods=[{','.join(methods)}]", f"budgets=[{','.join(map(str, budgets))}]"])
+            compose_config(
+                [*common, f"methods=[{','.join(methods)}]", f"budgets=[{','.join(map(str, budgets))}]"]
+            )
         )
         # Shared phases are counted once (records repeat them in every configuration of a sample).
         phases = {f"{k}_seconds": v for k, v in summary.phase_seconds.items()}
     elif leg == "one_by_one":
         for method, budget in configs:
-            run(_compose([*common, f"method={method}", f"budget={budget}"]))
+            run(compose_config([*common, f"method={method}", f"budget={budget}"]))
     else:
         raise SystemExit(f"unknown leg {leg!r}")
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0

@@ -41,12 +41,10 @@ def sweep_overrides(args: argparse.Namespace) -> list[str]:
 
 def measure_all(args: argparse.Namespace) -> None:
     """Run (or resume) the sweep of every method x budget."""
-    from hydra import compose, initialize_config_dir
-
+    from eval.compose import compose_config
     from eval.runner import run
 
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=sweep_overrides(args))
+    cfg = compose_config(sweep_overrides(args))
     print(run(cfg).format())
 
 

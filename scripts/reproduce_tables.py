@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,6 +37,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 from merge_shards import merge_root  # noqa: E402
 
 from eval.collect import Run, load_run  # noqa: E402
+from eval.compose import compose_config as compose_sweep  # noqa: E402
 from eval.methods import configurations, resolve_budgets, resolve_methods, single_config  # noqa: E402
 from eval.results import write_results  # noqa: E402
 from eval.runner import run_dir_for  # noqa: E402
@@ -103,11 +103,6 @@ def sweep_overrides(profile: dict[str, Any], sweep: Sweep, output_root: Path) ->
     methods = methods if isinstance(methods, str) else f"[{','.join(methods)}]"
     budgets = f"[{','.join(str(b) for b in profile['budgets'])}]"
     return [*sweep.overrides, f"methods={methods}", f"budgets={budgets}", f"output_root={output_root}"]
-
-
-def compose_sweep(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 def run_folders(cfg: DictConfig) -> list[Path]:

@@ -188,10 +188,11 @@ def causal_attention_many(
     causal = torch.ones(m, m, dtype=torch.bool, device=query.device).tril().repeat(group, 1)
     own = own.masked_fill(~causal, float("-inf"))
     width = max([1] + [int(torch.bincount(h.cpu(), minlength=hkv).max()) for _, _, h in prompts if h.numel()])
-    padded = [pad_by_head(k.float(), h, hkv, width) for k, _, h in prompts]
-    keys = torch.stack([p for p, _ in padded])  # (C, Hkv, W, d)
+    # Keys and values side by side, so each cache's rows are sorted and scattered once.
+    padded = [pad_by_head(torch.cat([k, v], dim=-1).float(), h, hkv, width) for k, v, h in prompts]
+    rows = torch.stack([p for p, _ in padded])  # (C, Hkv, W, 2d)
+    keys, values = rows[..., :d], rows[..., d:]
     valid = torch.stack([v for _, v in padded])  # (C, Hkv, W)
-    values = torch.stack([pad_by_head(v.float(), h, hkv, width)[0] for _, v, h in prompts])
     logits = torch.matmul(q, keys.transpose(2, 3)) * scaling  # (C, Hkv, g*m, W)
     logits = logits.masked_fill(~valid[:, :, None, :], float("-inf"))
     weights = torch.softmax(torch.cat([logits, own.expand(len(prompts), -1, -1, -1)], dim=-1), dim=-1)

@@ -38,13 +38,12 @@ from eval.metrics.fidelity import (
     relative_l2,
     top1_agreement,
 )
-from lava.attention import lava_attention_forward
+from lava.attention import lava_attention_forward, register_attention
 from lava.compat import cache_kwargs
 
 CAPTURE_ATTENTION = "lava_fidelity_capture"
 _capture: dict[int, LayerCapture] | None = None  # set only inside _capturing()
 _tee: Any = None  # a DynamicCache, set only inside _teeing()
-_registered = False
 
 
 @dataclass
@@ -145,18 +144,6 @@ def _capture_attention(module: Any, query, key, value, attention_mask, **kwargs)
     return out, weights
 
 
-def _register() -> None:
-    global _registered
-    if _registered:
-        return
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(CAPTURE_ATTENTION, _capture_attention)
-    AttentionMaskInterface.register(CAPTURE_ATTENTION, sdpa_mask)
-    _registered = True
-
-
 @contextlib.contextmanager
 def _attention(model: Any, name: str) -> Iterator[None]:
     """Run ``model`` with attention implementation ``name``, restoring the previous one afterwards."""
@@ -217,7 +204,7 @@ def prefill_with_full_copy(model: Any, prompt_ids: Any, cache: Any) -> Any:
     """
     from transformers import DynamicCache
 
-    _register()
+    register_attention(CAPTURE_ATTENTION, _capture_attention)
     device = next(model.parameters()).device
     prompt = _as_ids(prompt_ids, device)
     full = DynamicCache(config=model.config)
@@ -243,7 +230,7 @@ def reference_from_full_cache(
     continuation_ids : sequence of int or Tensor, shape (m + 1,)
         The true continuation; its first ``m`` tokens are fed in one forward.
     """
-    _register()
+    register_attention(CAPTURE_ATTENTION, _capture_attention)
     device = next(model.parameters()).device
     continuation = _as_ids(continuation_ids, device)
     if continuation.numel() < 2:
@@ -370,10 +357,7 @@ def compare(model: Any, reference: FidelityReference, cache: Any) -> dict[str, A
         with the same argmax), ``nll_delta`` (mean NLL of the true next tokens, compressed minus
         full), ``attn_err`` (mean over layers) and ``attn_err_per_layer`` (list, one per layer).
     """
-    layer_errors = layer_attention_errors(reference, cache)  # before the forward appends to the cache
-    fed = reference.continuation_ids[None, :-1]
-    logits = model(input_ids=fed, **cache_kwargs(model, cache), use_cache=True).logits[0].float()
-    return scores_from_logits(reference, logits, layer_errors)
+    return compare_many(model, reference, [cache])[0][0]
 
 
 def _batches(caches: Sequence[Any], max_batch: int) -> list[list[int]]:
