@@ -19,6 +19,7 @@ from transformers.cache_utils import Cache
 
 from lava.attention import batched_packed_attention, flash_available, logits_dtype
 from lava.cache import CompressedCache, CompressedLayer, UnboundedLayer
+from lava.varlen import varlen_attention
 
 
 class BatchedLayer(UnboundedLayer):
@@ -83,8 +84,48 @@ class BatchedLayer(UnboundedLayer):
                 query[:, :, 0], self.keys[:, :used], self.values[:, :used], self.bias[:, :, :used], scaling
             )
             return out.unsqueeze(1)
+        if query.shape[2] > 1 and len({member.tail_len for member in self.members}) == 1:
+            return self._attend_padded(query, scaling)
         outs = [member.attend_stored(q, scaling) for member, q in zip(self.members, query)]
         return torch.stack(outs).transpose(1, 2)
+
+    def _attend_padded(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
+        """Several new tokens per row (teacher forcing): the whole batch through :func:`varlen_attention`.
+
+        Each (member, KV head) pair is one block: the group's ``g * q`` query rows over that head's
+        kept prompt rows and the new steps (causal), heads of similar length padded together. That
+        scores no row against another head's queries and costs a few kernels per length group
+        instead of three per member.
+
+        Parameters
+        ----------
+        query : Tensor, shape (B, Hq, q, d)
+
+        Returns
+        -------
+        Tensor, shape (B, q, Hq, d)
+        """
+        members = self.members
+        batch, hq, q, d = query.shape
+        hkv = members[0].num_kv_heads
+        lengths = torch.cat(
+            [member.head_lens for member in members]
+        )  # (B * Hkv,), prompt rows head after head
+        tails = [
+            torch.stack([member._tail(getattr(member, name)) for member in members])
+            for name in ("keys", "values")
+        ]
+        out = varlen_attention(
+            query.reshape(batch * hkv, (hq // hkv) * q, d),
+            torch.cat([member.prompt_keys for member in members]),
+            torch.cat([member.prompt_values for member in members]),
+            lengths,
+            tails[0].reshape(batch * hkv, -1, d),
+            tails[1].reshape(batch * hkv, -1, d),
+            q,
+            scaling,
+        )  # (B * Hkv, g * q, d)
+        return out.to(query.dtype).reshape(batch, hq, q, d).transpose(1, 2)
 
     # -- packed storage -----------------------------------------------------------------------------------
     def _pack(self) -> None:

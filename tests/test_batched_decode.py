@@ -37,6 +37,23 @@ def _compressed_layer(name: str, budget: int, gen: torch.Generator):
     return layer, [k[0, h, p] for h, p in enumerate(kept)], [v[0, h, p] for h, p in enumerate(kept)]
 
 
+def _step_and_check(batch, rows, tails, live, q, gen):
+    """Append ``q`` random steps to the live rows, attend, and check each row against the dense reference."""
+    scaling = 1.0 / math.sqrt(D)
+    new_k = torch.randn(len(live), HKV, q, D, generator=gen)
+    new_v = torch.randn(len(live), HKV, q, D, generator=gen)
+    batch.update(new_k, new_v)
+    query = torch.randn(len(live), HQ, q, D, generator=gen)
+    out = batch.attend(query, scaling)  # (B, q, Hq, D)
+    for b, r in enumerate(live):
+        tk, tv = tails[r]
+        tails[r] = (torch.cat([tk, new_k[b]], 1), torch.cat([tv, new_v[b]], 1))
+        _, head_keys, head_values = rows[r]
+        ref = dense_reference(query[b], head_keys, head_values, *tails[r], scaling)
+        torch.testing.assert_close(out[b].transpose(0, 1).double(), ref, rtol=1e-5, atol=1e-5)
+    return out
+
+
 def test_batched_layer_matches_dense_reference_per_row():
     gen = torch.Generator().manual_seed(0)
     specs = [("lava", 10), ("adakv", 24), ("snapkv", 8), ("lava", 80)]  # 80 > N: nothing evicted
@@ -46,21 +63,26 @@ def test_batched_layer_matches_dense_reference_per_row():
     batch = BatchedLayer([layer for layer, _, _ in rows])
     tails = [(torch.zeros(HKV, 0, D), torch.zeros(HKV, 0, D)) for _ in rows]
     live = list(range(len(rows)))
-    scaling = 1.0 / math.sqrt(D)
     for step in range(7):  # reserve 2: the batch buffers grow twice
         if step == 4:  # rows 1 and 3 stop: the batch keeps rows 2 and 0, in that order
             live = [2, 0]
             batch.select([2, 0])
-        new_k = torch.randn(len(live), HKV, 1, D, generator=gen)
-        new_v = torch.randn(len(live), HKV, 1, D, generator=gen)
-        batch.update(new_k, new_v)
-        query = torch.randn(len(live), HQ, 1, D, generator=gen)
-        out = batch.attend(query, scaling)  # (B, 1, Hq, D)
+        _step_and_check(batch, rows, tails, live, 1, gen)
         assert batch.packed
-        for b, r in enumerate(live):
-            tk, tv = tails[r]
-            tails[r] = (torch.cat([tk, new_k[b]], 1), torch.cat([tv, new_v[b]], 1))
-            _, head_keys, head_values = rows[r]
-            ref = dense_reference(query[b], head_keys, head_values, *tails[r], scaling)
-            torch.testing.assert_close(out[b].transpose(0, 1).double(), ref, rtol=1e-5, atol=1e-5)
     assert batch.get_seq_length() == N + 7
+
+
+def test_batched_layer_multi_token_steps_match_dense_reference_per_row():
+    """Teacher forcing (several new tokens per forward, the fidelity path): one padded attention for
+    the batch, causal among the new tokens, over rows whose heads keep very different counts."""
+    gen = torch.Generator().manual_seed(3)
+    specs = [("adakv", 6), ("lava", 30), ("snapkv", 12), ("lava", 80)]
+    rows = [_compressed_layer(name, budget, gen) for name, budget in specs]
+    head_lens = [len(p) for layer, _, _ in rows for p in layer.positions]
+    assert max(head_lens) > 3 * min(head_lens), "skewed heads exercise the per-head padding"
+    batch = BatchedLayer([layer for layer, _, _ in rows])
+    tails = [(torch.zeros(HKV, 0, D), torch.zeros(HKV, 0, D)) for _ in rows]
+    for q in (5, 3):  # two multi-token forwards: the second also sees the first's steps
+        out = _step_and_check(batch, rows, tails, list(range(len(rows))), q, gen)
+        assert out.shape == (len(rows), q, HQ, D) and not batch.packed
+    assert batch.get_seq_length() == N + 8

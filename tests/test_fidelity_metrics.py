@@ -147,13 +147,15 @@ def test_attn_err_matches_dense_float64_on_random_per_head_caches():
     assert got[2] == pytest.approx(0.0, abs=1e-6) and got[0] > got[1] > 0
 
 
-def test_similar_widths_bounds_the_padding():
-    from eval.benchmarks.fidelity.reference import similar_widths
+def test_similar_lengths_bounds_the_padding():
+    from lava.varlen import similar_lengths
 
     # sorted: 0 | 10 12 | 13 (> 1.25 x 10) | 100 120
-    assert similar_widths([10, 100, 12, 0, 120, 13]) == [[3], [0, 2], [5], [1, 4]]
-    assert similar_widths([]) == []
-    assert similar_widths([5, 5, 5]) == [[0, 1, 2]]
+    assert similar_lengths([10, 100, 12, 0, 120, 13], slack=1.25) == [[3], [0, 2], [5], [1, 4]]
+    # 0 and 1 together (lengths up to slack x 1); 12 <= 1.5 x 10
+    assert similar_lengths([0, 1, 10, 12, 16], slack=1.5) == [[0, 1], [2, 3], [4]]
+    assert similar_lengths([]) == []
+    assert similar_lengths([5, 5, 5]) == [[0, 1, 2]]
 
 
 def test_full_distribution_scores_equal_the_definitions():

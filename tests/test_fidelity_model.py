@@ -172,8 +172,10 @@ def test_batched_comparison_equals_one_cache_at_a_time(tiny, max_batch):
     assert len(batched) == len(one_by_one) == 5
     for (scores, seconds), expected in zip(batched, one_by_one):
         assert seconds > 0
+        # The batch attends through one padded kernel, one cache alone through its packed rows: the
+        # same sums in another order (fp32 softmax), so NLLs of ~5 nats agree to ~1e-7, not bit for bit.
         for key in ("kl", "top1", "nll_delta", "attn_err"):
-            assert scores[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-8), key
+            assert scores[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
         # computed before the forward appends to the cache, from the same inputs
         assert scores["attn_err_per_layer"] == pytest.approx(
             expected["attn_err_per_layer"], rel=1e-5, abs=1e-8

@@ -118,38 +118,6 @@ def relative_l2(approx: torch.Tensor, exact: torch.Tensor) -> float:
     return float(diff / denom)
 
 
-def pad_by_head(
-    rows: torch.Tensor, row_head: torch.Tensor, num_heads: int, width: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of any head order -> one zero-padded block per head.
-
-    Parameters
-    ----------
-    rows : Tensor, shape (N, d)
-    row_head : Tensor, shape (N,), int64
-        Head of each row.
-    num_heads : int
-    width : int
-        Rows per head in the output; at least the largest head's count.
-
-    Returns
-    -------
-    padded : Tensor, shape (num_heads, width, d)
-        Head ``h``'s rows in their original order, then zeros.
-    valid : Tensor, shape (num_heads, width), bool
-    """
-    row_head = row_head.to(rows.device)
-    order = torch.argsort(row_head, stable=True)
-    heads = row_head[order]
-    counts = torch.bincount(heads, minlength=num_heads)
-    starts = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(heads.numel(), device=rows.device) - starts[heads]
-    padded = rows.new_zeros((num_heads, width, rows.shape[-1]))
-    padded[heads, slot] = rows[order]
-    valid = torch.arange(width, device=rows.device)[None, :] < counts[:, None]
-    return padded, valid
-
-
 def causal_attention_many(
     query: torch.Tensor,
     prompts: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
@@ -162,7 +130,8 @@ def causal_attention_many(
     Query head ``h`` belongs to KV head ``h // (Hq / Hkv)`` (grouped-query attention). It sees every
     prompt row of its KV head in the cache and the new tokens up to and including its own position.
     The caches share the queries and the new tokens (one continuation, several compressions of its
-    prompt), so they are computed in one padded batch; padding gets zero weight.
+    prompt): every (cache, KV head) pair is one block of :func:`lava.varlen.varlen_attention`, blocks
+    of similar length computed together.
 
     Parameters
     ----------
@@ -177,24 +146,27 @@ def causal_attention_many(
 
     Returns
     -------
-    Tensor, shape (C, Hq, m, d), float32
+    Tensor, shape (C, Hq, m, d), float32 (float64 for float64 inputs)
         One attention output per cache, in the order of ``prompts``.
     """
+    from lava.varlen import varlen_attention
+
     hq, m, d = query.shape
     hkv = new_keys.shape[0]
-    group = hq // hkv
-    q = query.float().reshape(hkv, group * m, d)  # row j * m + i: query head (kv, j), position i
-    own = torch.matmul(q, new_keys.float().transpose(1, 2)) * scaling  # (Hkv, g*m, m)
-    causal = torch.ones(m, m, dtype=torch.bool, device=query.device).tril().repeat(group, 1)
-    own = own.masked_fill(~causal, float("-inf"))
-    width = max([1] + [int(torch.bincount(h.cpu(), minlength=hkv).max()) for _, _, h in prompts if h.numel()])
-    # Keys and values side by side, so each cache's rows are sorted and scattered once.
-    padded = [pad_by_head(torch.cat([k, v], dim=-1).float(), h, hkv, width) for k, v, h in prompts]
-    rows = torch.stack([p for p, _ in padded])  # (C, Hkv, W, 2d)
-    keys, values = rows[..., :d], rows[..., d:]
-    valid = torch.stack([v for _, v in padded])  # (C, Hkv, W)
-    logits = torch.matmul(q, keys.transpose(2, 3)) * scaling  # (C, Hkv, g*m, W)
-    logits = logits.masked_fill(~valid[:, :, None, :], float("-inf"))
-    weights = torch.softmax(torch.cat([logits, own.expand(len(prompts), -1, -1, -1)], dim=-1), dim=-1)
-    out = torch.matmul(weights[..., :width], values) + torch.matmul(weights[..., width:], new_values.float())
-    return out.reshape(len(prompts), hkv, group, m, d).reshape(len(prompts), hq, m, d)
+    caches = len(prompts)
+    dtype = torch.promote_types(query.dtype, torch.float32)
+    orders = [torch.argsort(h, stable=True) for _, _, h in prompts]  # head after head, as blocks need
+    out = varlen_attention(
+        query.to(dtype)
+        .reshape(1, hkv, (hq // hkv) * m, d)
+        .expand(caches, -1, -1, -1)
+        .reshape(caches * hkv, -1, d),
+        torch.cat([k[o] for (k, _, _), o in zip(prompts, orders)]).to(dtype),
+        torch.cat([v[o] for (_, v, _), o in zip(prompts, orders)]).to(dtype),
+        torch.cat([torch.bincount(h.cpu(), minlength=hkv) for _, _, h in prompts]),
+        new_keys.to(dtype).expand(caches, -1, -1, -1).reshape(caches * hkv, m, d),
+        new_values.to(dtype).expand(caches, -1, -1, -1).reshape(caches * hkv, m, d),
+        m,
+        scaling,
+    )  # (C * Hkv, g * m, d): row j * m + i is query head (kv, j), token i
+    return out.reshape(caches, hq, m, d)

@@ -277,43 +277,23 @@ def kept_prompt_rows(layer: Any, prompt_len: int) -> tuple[torch.Tensor, torch.T
     return keys.reshape(hkv * n, d), values.reshape(hkv * n, d), heads
 
 
-def similar_widths(widths: Sequence[int], slack: float = 1.25) -> list[list[int]]:
-    """Indices grouped so that in each group the widest is at most ``slack`` times the narrowest.
-
-    Padding a group to its widest member then wastes at most ``slack - 1`` of the work.
-    """
-    groups: list[list[int]] = []
-    for i in sorted(range(len(widths)), key=lambda k: widths[k]):
-        if groups and widths[i] <= slack * max(widths[groups[-1][0]], 1):
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return groups
-
-
 @torch.no_grad()
 def layer_attention_errors_many(reference: FidelityReference, caches: Sequence[Any]) -> list[list[float]]:
     """Per cache, per layer: relative L2 error of the attention output over the cache's kept prompt entries.
 
     The queries and the continuation's own keys/values come from the full-cache run, so each
-    layer sees the same inputs as under the full cache and its error is its own. Per layer, caches
-    whose largest head is of similar size are computed together (padded to the largest).
+    layer sees the same inputs as under the full cache and its error is its own. Per layer, all
+    caches go through one :func:`~eval.metrics.fidelity.causal_attention_many` call.
     """
     errors: list[list[float]] = [[] for _ in caches]
     for index, capture in enumerate(reference.layers):
         prompts = [kept_prompt_rows(cache.layers[index], reference.prompt_len) for cache in caches]
-        hkv = capture.keys.shape[0]
-        widths = [int(torch.bincount(h.cpu(), minlength=hkv).max()) if h.numel() else 0 for *_, h in prompts]
-        layer_errors = [0.0] * len(caches)
-        for group in similar_widths(widths):
-            per_head = causal_attention_many(
-                capture.query, [prompts[k] for k in group], capture.keys, capture.values, capture.scaling
-            )  # (C, Hq, m, d)
-            approx = _project(capture.module, per_head.transpose(1, 2))  # (C, m, hidden)
-            for row, k in enumerate(group):
-                layer_errors[k] = relative_l2(approx[row], capture.output)
-        for k, value in enumerate(layer_errors):
-            errors[k].append(value)
+        per_head = causal_attention_many(
+            capture.query, prompts, capture.keys, capture.values, capture.scaling
+        )  # (C, Hq, m, d)
+        approx = _project(capture.module, per_head.transpose(1, 2))  # (C, m, hidden)
+        for k in range(len(caches)):
+            errors[k].append(relative_l2(approx[k], capture.output))
     return errors
 
 
