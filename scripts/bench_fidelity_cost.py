@@ -24,11 +24,13 @@ answers at once) and 1 (the CPU profile's).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -85,6 +87,69 @@ def run_leg(bench_args: list[str], mode: str, args: argparse.Namespace) -> dict:
     }
 
 
+@functools.cache
+def _model() -> Any:
+    from eval.compose import compose_config
+    from lava.models import as_spec, load_model, load_tokenizer
+
+    spec = as_spec(compose_config([]).model)
+    return load_model(spec, load_tokenizer(spec))[0]
+
+
+@functools.cache
+def forward_seconds(rows: int, m: int, repeats: int = 3) -> float:
+    """Median wall time of one ``rows x m``-token forward of the configured model with no cache.
+
+    With no prompt in the cache this is the linear layers (and the m x m attention) of ``rows``
+    teacher-forced continuations: what any fidelity measurement must pay on top of the prefill.
+    """
+    import time
+
+    import torch
+
+    model = _model()
+    ids = torch.randint(0, 1000, (rows, m))
+    times = []
+    with torch.inference_mode():
+        model(input_ids=ids[:1], use_cache=False)  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(input_ids=ids, use_cache=False)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def floor_rows(table, args: argparse.Namespace, niah_min_new: int) -> list[dict]:
+    """A lower bound on fidelity's cost per configuration, from measured parts.
+
+    Whatever the attention and metric code do, a fidelity sample pays what a NIAH sample that answers
+    with its first token pays (prefill, compression, records: the ``min_new_tokens=0`` leg, ~1 token)
+    plus the teacher-forced forwards' linear layers: the full cache's reference (1 row) and one row
+    per compressed configuration (the full method's own row not counted).
+    """
+    out = []
+    for (length, mode), group in table.groupby(["length", "mode"], sort=False):
+        niah = group[group.benchmark == f"niah (min_new_tokens={niah_min_new})"]
+        if niah.empty:
+            continue
+        configurations = int(niah.configurations.iloc[0])
+        compressed = configurations if mode == "single" else configurations - 1
+        for m in args.continuation_tokens:
+            batch = min(compressed, 32)  # the sweep's max_decode_batch
+            forwards = forward_seconds(1, m) + -(-compressed // batch) * forward_seconds(batch, m)
+            out.append(
+                {
+                    "length": length,
+                    "mode": mode,
+                    "benchmark": f"floor (m={m})",
+                    "configurations": configurations,
+                    "seconds_per_configuration": float(niah.seconds_per_configuration.iloc[0])
+                    + forwards / configurations,
+                }
+            )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -126,12 +191,16 @@ def main() -> None:
     keys = ["length", "mode", "benchmark"]
     table = frame.groupby(keys, sort=False).median(numeric_only=True).drop(columns="repeat").reset_index()
     table[["configurations", "samples"]] = table[["configurations", "samples"]].astype(int)
+    if 0 in args.niah_min_new:
+        table = pd.concat([table, pd.DataFrame(floor_rows(table, args, 0))], ignore_index=True)
+        table["configurations"] = table["configurations"].astype(int)
+        table["samples"] = [("" if pd.isna(v) else int(v)) for v in table["samples"]]  # none for a floor
     cost = table.set_index(keys)["seconds_per_configuration"]
     for k in args.niah_min_new:  # fidelity rows: their cost over this NIAH variant's, same length and mode
         niah = f"niah (min_new_tokens={k})"
         table[f"vs_niah_min_new_{k}"] = [
             cost[(r.length, r.mode, r.benchmark)] / cost[(r.length, r.mode, niah)]
-            if r.benchmark.startswith("fidelity")
+            if r.benchmark.startswith(("fidelity", "floor"))
             else float("nan")
             for r in table.itertuples()
         ]
@@ -141,6 +210,8 @@ def main() -> None:
         f"median of {args.repeats} repeats.",
         f"single = {args.single[0]} at budget {args.single[1]}; sweep = all methods x budgets {args.budgets}.",
         "vs_niah_min_new_k < 1: a fidelity sample costs less per configuration than a NIAH sample.",
+        "floor (m): NIAH's min_new_tokens=0 cost plus the teacher-forced forwards' linear layers "
+        "(reference + one row per compressed configuration, no cache): no fidelity code can cost less.",
         f"CPU threads: {os.cpu_count()}; load average at the end: {os.getloadavg()[0]:.2f}.",
     ]
     args.out.mkdir(parents=True, exist_ok=True)

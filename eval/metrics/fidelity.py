@@ -39,40 +39,50 @@ def next_token_kl(full_logits: torch.Tensor, compressed_logits: torch.Tensor) ->
     return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
 
 
+# Past this log-ratio the fast path's float32 exp could overflow or lose a term; the exact path runs instead.
+_FAST_LOG_RATIO_LIMIT = 60.0
+
+
 @dataclass(frozen=True)
 class FullDistribution:
     """The full cache's next-token distributions, summarised once to score many compressed caches.
 
-    With logits ``z`` and ``lse = logsumexp(z)``, ``log p = z - lse``, so for another distribution q
+    With the full logits ``z_p``, a compressed cache's ``z_q`` and ``delta = z_p - z_q``,
 
-        KL(p || q) = sum_v p_v (z_p - z_q)_v - (lse_p - lse_q) * sum_v p_v,
+        lse_q - lse_p = log sum_v p_v exp(-delta_v) = log1p(sum_v p_v expm1(-delta_v))
+        KL(p || q)    = sum_v p_v delta_v + (lse_q - lse_p)
 
-    which needs one product-sum and one logsumexp per compressed cache instead of a log-softmax
-    and two temporaries of the vocabulary's size. Identical logits give exactly 0.
+    Both sums are of ``delta``, the (small) difference of the two caches, so they stay accurate in
+    float32 elementwise work with float64 accumulation: no float64 exp of the vocabulary per cache,
+    identical logits give exactly 0, and close ones keep their tiny KL (error ~1e-7 of it, against
+    the float64 definition). A cache whose logits exceed the full ones by more than 60 anywhere goes
+    through the float64 definition instead.
 
     Attributes
     ----------
-    logits : Tensor, shape (m, V), float64
-    probs : Tensor, shape (m, V), float64
-    lse : Tensor, shape (m,)
-    mass : Tensor, shape (m,)
-        ``probs.sum(-1)`` (1 up to rounding).
-    p_dot_z : Tensor, shape (m,)
-        ``(probs * logits).sum(-1)``.
+    logits : Tensor, shape (m, V), float32
+    probs : Tensor, shape (m, V), float32
+        Softmax of ``logits`` computed in float64, rounded.
+    mass : Tensor, shape (m,), float64
+        ``probs.sum(-1)`` (1 up to rounding; the sums are divided by it).
+    lse : Tensor, shape (m,), float64
+        ``logsumexp(logits)``.
+    top1 : Tensor, shape (m,), int64
+        ``argmax(logits)``.
     """
 
     logits: torch.Tensor
     probs: torch.Tensor
-    lse: torch.Tensor
     mass: torch.Tensor
-    p_dot_z: torch.Tensor
+    lse: torch.Tensor
+    top1: torch.Tensor
 
     @classmethod
     def of(cls, logits: torch.Tensor) -> FullDistribution:
-        z = logits.double()
-        lse = torch.logsumexp(z, dim=-1)
-        probs = torch.exp(z - lse[:, None])
-        return cls(z, probs, lse, probs.sum(dim=-1), (probs * z).sum(dim=-1))
+        z = logits.float()
+        lse = torch.logsumexp(z.double(), dim=-1)
+        probs = torch.exp(z.double() - lse[:, None]).float()
+        return cls(z, probs, probs.sum(dim=-1, dtype=torch.float64), lse, z.argmax(dim=-1))
 
     def kl_and_nll(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """KL(full || compressed) per position and the compressed NLL of ``targets``; (m,) float64 each.
@@ -83,18 +93,32 @@ class FullDistribution:
             The compressed cache's logits at the same positions.
         targets : Tensor, shape (m,)
         """
-        z = logits.double()
-        lse = torch.logsumexp(z, dim=-1)
-        kl = self.p_dot_z - (self.probs * z).sum(dim=-1) - (self.lse - lse) * self.mass
-        return kl, _nll(z, lse, targets)
+        z = logits.float()
+        delta = self.logits - z
+        if float(delta.min()) < -_FAST_LOG_RATIO_LIMIT:
+            return self._exact_kl_and_nll(z, targets)
+        linear = (self.probs * delta).sum(dim=-1).double() / self.mass
+        delta.neg_().expm1_()
+        log_ratio = torch.log1p((self.probs * delta).sum(dim=-1).double() / self.mass)
+        return linear + log_ratio, _nll(z, self.lse + log_ratio, targets)
+
+    def _exact_kl_and_nll(self, z: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_q = torch.log_softmax(z.double(), dim=-1)
+        log_p = self.logits.double() - self.lse[:, None]
+        kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+        return kl, -log_q.gather(1, targets.long().view(-1, 1)).squeeze(1)
 
     def nll(self, targets: torch.Tensor) -> torch.Tensor:
         """(m,) NLL of ``targets`` under the full distributions (the same arithmetic as :meth:`kl_and_nll`)."""
         return _nll(self.logits, self.lse, targets)
 
+    def top1_agreement(self, logits: torch.Tensor) -> torch.Tensor:
+        """:func:`top1_agreement` against the stored argmax; (m,) float64."""
+        return (self.top1 == logits.argmax(dim=-1)).double()
+
 
 def _nll(z: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return lse - z.gather(1, targets.long().view(-1, 1)).squeeze(1)
+    return lse - z.gather(1, targets.long().view(-1, 1)).squeeze(1).double()
 
 
 def top1_agreement(full_logits: torch.Tensor, compressed_logits: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,6 @@ from eval.metrics.fidelity import (
     FullDistribution,
     causal_attention_many,
     relative_l2,
-    top1_agreement,
 )
 from lava.attention import lava_attention_forward, register_attention
 from lava.compat import cache_kwargs
@@ -124,8 +123,8 @@ def _capture_attention(module: Any, query, key, value, attention_mask, **kwargs)
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if _tee is not None:
-        _tee.update(key.clone(), value.clone(), module.layer_idx)
+    if _tee is not None:  # DynamicCache.update concatenates, i.e. copies: no clone needed
+        _tee.update(key, value, module.layer_idx)
     if getattr(key, "_lava_layer", None) is not None:
         out, weights = lava_attention_forward(module, query, key, value, attention_mask, **kwargs)
     else:
@@ -309,7 +308,7 @@ def scores_from_logits(
     kl, nll = reference.distribution.kl_and_nll(logits, reference.continuation_ids[1:])
     return {
         "kl": float(kl.mean()),
-        "top1": float(top1_agreement(reference.logits, logits).mean()),
+        "top1": float(reference.distribution.top1_agreement(logits).mean()),
         "nll_delta": float((nll - reference.nll).mean()),
         "attn_err": sum(layer_errors) / len(layer_errors),
         "attn_err_per_layer": layer_errors,
