@@ -25,8 +25,9 @@ from eval.methods import build_method, canonical, instantiate_node, is_full
 from eval.perf.memory import kv_size
 from eval.provenance import git_commit, package_versions, peak_memory
 from eval.records import RecordWriter, load_records, write_json_atomic
+from eval.sample_loop import SampleLoop
 from lava.errors import UserError
-from lava.models import ModelSpec, as_spec, load_model, load_tokenizer, newline_token_id, stop_token_ids
+from lava.models import ModelSpec, as_spec
 
 IDENTITY_KEYS = ("model", "method", "bench", "budget", "seed")
 
@@ -131,38 +132,20 @@ def run(cfg: DictConfig) -> Any:
     predictions_path = run_dir / "predictions.jsonl"
     done = read_done(predictions_path)
 
-    import torch
-
-    torch.manual_seed(cfg.seed)
-    tokenizer = load_tokenizer(spec)
-    samples = load_samples(cfg, bench, tokenizer, spec)
+    loop = SampleLoop(cfg, bench, spec)
+    samples = loop.samples
     ids = [s.id for s in samples]
     done_ids = {r["id"] for r in done}
     todo = [s for s in samples if s.id not in done_ids]
-    model, tokenizer = load_model(spec, tokenizer)
+    model = loop.load_model()
 
     open_run_folder(run_dir, cfg, method)
-    eos_ids = stop_token_ids(tokenizer, spec, model)
-    newline_id = newline_token_id(tokenizer)
-    device = next(model.parameters()).device
-    min_new = min_new_tokens(bench, cfg)
     new_records: list[dict[str, Any]] = []
-    warn = LengthWarning(spec)
-    bar = tqdm(
-        todo,
-        desc=f"{bench.name}/{cfg.method.name}",
-        unit="sample",
-        disable=not cfg.progress,
-        initial=len(samples) - len(todo),
-        total=len(samples),
-    )
+    bar = loop.progress(todo, f"{bench.name}/{cfg.method.name}")
     t_samples = time.perf_counter()
     with RecordWriter(predictions_path) as writer:
         for sample in bar:
-            prompt_ids = build_prompt_ids(sample, tokenizer, spec)
-            warn.check(sample, prompt_ids)
-            stops = eos_ids + ([newline_id] if sample.stop_newline else [])
-            input_ids = torch.tensor([prompt_ids], device=device)
+            prompt_ids, stops, input_ids = loop.inputs(sample)
             # --- teacher-forced benchmarks (fidelity): scored in one prefill and two forwards, no decoding
             if getattr(bench, "teacher_forced", False):
                 record = bench.run_sample(
@@ -179,7 +162,7 @@ def run(cfg: DictConfig) -> Any:
                 max_new_tokens=sample.max_new_tokens,
                 stop_ids=stops,
                 cache=cache,
-                min_new_tokens=min_new,
+                min_new_tokens=loop.min_new,
             )
             timings = getattr(cache, "timings", {})
             phases = {
@@ -188,7 +171,7 @@ def run(cfg: DictConfig) -> Any:
                 "allocation_seconds": timings.get("allocation", 0.0),
                 "decode_seconds": gen.decode_seconds,
             }
-            record = make_record(sample, bench, tokenizer, prompt_ids, gen, cache, phases)
+            record = make_record(sample, bench, loop.tokenizer, prompt_ids, gen, cache, phases)
             writer.write(record)
             new_records.append(record)
             bar.set_postfix({bench.headline_metric(): f"{record['scores'][bench.headline_metric()]:.2f}"})
@@ -197,7 +180,14 @@ def run(cfg: DictConfig) -> Any:
     by_id = {r["id"]: r for r in done + new_records}
     records = [by_id[i] for i in ids if i in by_id]
     return finish_run(
-        run_dir, cfg, bench, records, new_records, time.perf_counter() - t_start, str(device), samples_seconds
+        run_dir,
+        cfg,
+        bench,
+        records,
+        new_records,
+        time.perf_counter() - t_start,
+        str(loop.device),
+        samples_seconds,
     )
 
 

@@ -22,27 +22,23 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from eval.generation import Generation, greedy_decode
 from eval.methods import build_method, configurations, resolve_budgets, resolve_methods, single_config
 from eval.records import RecordWriter
 from eval.runner import (
-    LengthWarning,
     RunSummary,
     build_benchmark,
-    build_prompt_ids,
     finish_run,
-    load_samples,
     make_record,
-    min_new_tokens,
     open_run_folder,
     read_done,
     run_dir_for,
     validate,
 )
+from eval.sample_loop import SampleLoop
 from lava.errors import UserError
-from lava.models import as_spec, load_model, load_tokenizer, newline_token_id, stop_token_ids
+from lava.models import as_spec
 from lava.policy import scorer_key
 
 
@@ -165,7 +161,6 @@ def _check(cfg: DictConfig) -> tuple[list[str], list[int]]:
 
 def run_sweep(cfg: DictConfig) -> SweepSummary:
     """Run (or resume) every configuration of a sweep; each writes its single run's folder."""
-    import torch
 
     t_start = time.perf_counter()
     names, budgets = _check(cfg)
@@ -180,38 +175,22 @@ def run_sweep(cfg: DictConfig) -> SweepSummary:
     teacher_forced = bool(getattr(bench, "teacher_forced", False))
     for config in configs:
         config.done = read_done(config.run_dir / "predictions.jsonl")
-    torch.manual_seed(cfg.seed)
-    tokenizer = load_tokenizer(spec)
-    samples = load_samples(cfg, bench, tokenizer, spec)
+    loop = SampleLoop(cfg, bench, spec)
+    samples = loop.samples
     done_ids = [{r["id"] for r in c.done} for c in configs]
     todo = [s for s in samples if any(s.id not in d for d in done_ids)]
-    model, tokenizer = load_model(spec, tokenizer)
+    model = loop.load_model()
     for config in configs:
         open_run_folder(config.run_dir, config.cfg, config.method)
-    eos_ids = stop_token_ids(tokenizer, spec, model)
-    newline_id = newline_token_id(tokenizer)
-    device = next(model.parameters()).device
-    min_new = min_new_tokens(bench, cfg)
     max_batch = cfg.get("max_decode_batch", 32)
     phases = dict.fromkeys(("prefill", "scoring", "allocation", "decode"), 0.0)
-    warn = LengthWarning(spec)
     writers = [RecordWriter(c.run_dir / "predictions.jsonl") for c in configs]
-    bar = tqdm(
-        todo,
-        desc=f"{bench.name}/sweep of {len(configs)}",
-        unit="sample",
-        disable=not cfg.progress,
-        initial=len(samples) - len(todo),
-        total=len(samples),
-    )
+    bar = loop.progress(todo, f"{bench.name}/sweep of {len(configs)}")
     t_samples = time.perf_counter()
     try:
         for sample in bar:
             rows = [i for i, d in enumerate(done_ids) if sample.id not in d]
-            prompt_ids = build_prompt_ids(sample, tokenizer, spec)
-            warn.check(sample, prompt_ids)
-            stops = eos_ids + ([newline_id] if sample.stop_newline else [])
-            input_ids = torch.tensor([prompt_ids], device=device)
+            prompt_ids, stops, input_ids = loop.inputs(sample)
             methods = [configs[i].method for i in rows]
             if teacher_forced:  # no decoding: every cache is scored against the full cache's continuation
                 prefill = shared_prefill(model, input_ids, [*methods, None], sample.max_new_tokens)
@@ -236,7 +215,7 @@ def run_sweep(cfg: DictConfig) -> SweepSummary:
                 continue
             prefill = shared_prefill(model, input_ids, methods, sample.max_new_tokens)
             t0 = time.perf_counter()
-            gens = decode_all(model, prefill, methods, sample.max_new_tokens, stops, min_new, max_batch)
+            gens = decode_all(model, prefill, methods, sample.max_new_tokens, stops, loop.min_new, max_batch)
             phases["decode"] += time.perf_counter() - t0
             phases["prefill"] += prefill.seconds["prefill"]
             phases["scoring"] += sum(prefill.seconds["scoring"].values())
@@ -252,7 +231,7 @@ def run_sweep(cfg: DictConfig) -> SweepSummary:
                     "allocation_seconds": prefill.seconds["allocation"][k],
                     "decode_seconds": gen.decode_seconds,  # the decode batch's
                 }
-                record = make_record(sample, bench, tokenizer, prompt_ids, gen, cache, times)
+                record = make_record(sample, bench, loop.tokenizer, prompt_ids, gen, cache, times)
                 writers[i].write(record)
                 config.new.append(record)
             # Free this sample's caches before the next prefill (otherwise two samples' caches coexist).
@@ -274,7 +253,9 @@ def run_sweep(cfg: DictConfig) -> SweepSummary:
             "sweep_samples_seconds": round(samples_seconds, 3),
         }
         runs.append(
-            finish_run(config.run_dir, config.cfg, bench, records, config.new, elapsed, str(device), extra)
+            finish_run(
+                config.run_dir, config.cfg, bench, records, config.new, elapsed, str(loop.device), extra
+            )
         )
     return SweepSummary(
         runs,

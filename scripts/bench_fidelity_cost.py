@@ -17,7 +17,7 @@ as fidelity's contexts; the measured prompt tokens are in the table. Fidelity ru
 ``bench=fidelity``). NIAH runs once per ``--niah-min-new`` value: upstream's 0 (SmolLM2 ends most
 answers at once) and 1 (the CPU profile's).
 
-    make bench-fidelity-cost        # lengths 1024 2048, m 16 32 64, 2 repeats: results/perf/ (~20 min, 2 cores)
+    make bench-fidelity-cost        # lengths 1024 2048, m 32 64, 4 repeats: results/perf/ (~30 min, 2 cores)
     python scripts/bench_fidelity_cost.py --lengths 512 --repeats 1 --budgets 64 --continuation-tokens 64 --out /tmp/cost
 """
 
@@ -150,6 +150,28 @@ def floor_rows(table, args: argparse.Namespace, niah_min_new: int) -> list[dict]
     return out
 
 
+def paired_ratios(frame, niah: str):
+    """Per fidelity leg: median, min and max over repeats of its cost over ``niah``'s in the same repeat."""
+    import pandas as pd
+
+    base = frame[frame.benchmark == niah].set_index(["length", "mode", "repeat"])["seconds_per_configuration"]
+    rows = []
+    fidelity = frame[frame.benchmark.str.startswith("fidelity")]
+    for (length, mode, benchmark), group in fidelity.groupby(["length", "mode", "benchmark"], sort=False):
+        values = [r.seconds_per_configuration / base[(length, mode, r.repeat)] for r in group.itertuples()]
+        rows.append(
+            {
+                "length": length,
+                "mode": mode,
+                "benchmark": benchmark,
+                "paired_median": statistics.median(values),
+                "paired_min": min(values),
+                "paired_max": max(values),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -160,12 +182,12 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", type=int, default=[64, 128, 256])
     parser.add_argument("--fidelity-samples", type=int, default=3, help="windows per source (x2 sources)")
     parser.add_argument(
-        "--continuation-tokens", nargs="+", type=int, default=[16, 32, 64], help="fidelity's m, one leg each"
+        "--continuation-tokens", nargs="+", type=int, default=[32, 64], help="fidelity's m, one leg each"
     )
     parser.add_argument("--niah-samples", type=int, default=5, help="depths, evenly from 0 to 100")
     parser.add_argument("--niah-offset", type=int, default=161, help="NIAH length - fidelity length")
     parser.add_argument("--niah-min-new", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "perf")
     args = parser.parse_args()
 
@@ -204,12 +226,17 @@ def main() -> None:
             else float("nan")
             for r in table.itertuples()
         ]
+    # Paired within a repeat (legs run next to each other), so a slow spell of the machine cancels.
+    ratios = paired_ratios(frame, f"niah (min_new_tokens={max(args.niah_min_new)})")
+    table = table.merge(ratios, on=keys, how="left")
     header = [
         "Fidelity vs NIAH: per-configuration cost of one sample (scripts/bench_fidelity_cost.py)",
         "seconds_per_configuration = sample-loop wall time / (samples x configurations), "
         f"median of {args.repeats} repeats.",
         f"single = {args.single[0]} at budget {args.single[1]}; sweep = all methods x budgets {args.budgets}.",
         "vs_niah_min_new_k < 1: a fidelity sample costs less per configuration than a NIAH sample.",
+        "paired_*: the same ratio against the last NIAH variant, taken per repeat (its legs run side by "
+        "side), median / min / max over repeats.",
         "floor (m): NIAH's min_new_tokens=0 cost plus the teacher-forced forwards' linear layers "
         "(reference + one row per compressed configuration, no cache): no fidelity code can cost less.",
         f"CPU threads: {os.cpu_count()}; load average at the end: {os.getloadavg()[0]:.2f}.",
