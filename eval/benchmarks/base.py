@@ -77,6 +77,17 @@ class PromptContext:
     seed: int = 42
     chat_template: bool = True
 
+    def refuse_beyond_prompt_cap(self, tokens: int, asked: str) -> None:
+        """One-line error when a benchmark that cannot truncate (``asked``: what in its config) needs
+        ``tokens``-token prompts, beyond ``model.max_prompt_tokens``."""
+        if tokens > self.max_prompt_tokens:
+            from lava.errors import UserError
+
+            raise UserError(
+                f"{asked} need {tokens}-token prompts, beyond model.max_prompt_tokens={self.max_prompt_tokens}; "
+                "use shorter lengths"
+            )
+
 
 class Benchmark(ABC):
     """Base class. Subclasses are dataclasses built by Hydra from ``configs/bench/*.yaml``."""

@@ -245,12 +245,9 @@ class CodeCompletion(Benchmark):
         return max(self.lengths) + overhead + 1
 
     def samples(self, ctx: PromptContext) -> Iterator[Sample]:
-        longest = self.requested_prompt_tokens(ctx)
-        if longest > ctx.max_prompt_tokens:
-            raise UserError(
-                f"bench.lengths up to {max(self.lengths)} need {longest}-token prompts, beyond "
-                f"model.max_prompt_tokens={ctx.max_prompt_tokens}; use shorter lengths"
-            )
+        ctx.refuse_beyond_prompt_cap(
+            self.requested_prompt_tokens(ctx), f"bench.lengths up to {max(self.lengths)}"
+        )
         sources = python_sources()
         tok = ctx.tokenizer
         for length in self.lengths:

@@ -90,12 +90,10 @@ class Fidelity(Benchmark):
         return max(self.lengths) + self.continuation_tokens
 
     def samples(self, ctx: PromptContext) -> Iterator[Sample]:
-        longest = self.requested_prompt_tokens(ctx)
-        if longest > ctx.max_prompt_tokens:
-            raise UserError(
-                f"bench.lengths up to {max(self.lengths)} plus continuation_tokens={self.continuation_tokens} "
-                f"need {longest} tokens, beyond model.max_prompt_tokens={ctx.max_prompt_tokens}; use shorter lengths"
-            )
+        ctx.refuse_beyond_prompt_cap(
+            self.requested_prompt_tokens(ctx),
+            f"bench.lengths up to {max(self.lengths)} plus continuation_tokens={self.continuation_tokens}",
+        )
         tok = ctx.tokenizer
         m = self.continuation_tokens
         for source in self.sources:
