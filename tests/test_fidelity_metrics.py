@@ -195,3 +195,25 @@ def test_full_distribution_takes_the_exact_path_for_large_log_ratios():
     assert torch.isfinite(kl).all() and kl[1] > 1.0
     torch.testing.assert_close(kl, next_token_kl(full, other), rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(nll, token_nll(other, targets), rtol=1e-9, atol=1e-9)
+
+
+def test_full_distribution_when_the_compressed_cache_moves_the_mass_away():
+    """A confident full distribution (top token ~1 - 1e-15) whose top logit the compressed cache
+    lowers by 0.7-45 nats, and a common shift (softmax-invariant): the cases where log1p(Z_q/Z_p - 1)
+    cancels or the first-order terms are large. Error bound: 1e-7 of sum p |delta|."""
+    from eval.metrics.fidelity import FullDistribution
+
+    gen = torch.Generator().manual_seed(7)
+    full = torch.randn(5, 500, generator=gen)
+    full[:, 3] += 40.0
+    other = full.clone()
+    other[:, 3] -= torch.tensor([30.0, 45.0, 10.0, 0.0, 0.7])
+    other[4] += 3.0
+    targets = torch.tensor([3, 3, 5, 3, 3])
+    kl, nll = FullDistribution.of(full).kl_and_nll(other, targets)
+    want = next_token_kl(full, other)
+    p = torch.softmax(full.double(), dim=-1)
+    bound = 1e-7 * (p * (full - other).double().abs()).sum(dim=-1) + 1e-12
+    assert ((kl - want).abs() <= bound).all(), (kl, want)
+    assert (kl >= 0).all() and kl[0] > 0.1 and kl[1] > 10.0
+    assert ((nll - token_nll(other, targets)).abs() <= bound).all()

@@ -52,11 +52,13 @@ class FullDistribution:
         lse_q - lse_p = log sum_v p_v exp(-delta_v) = log1p(sum_v p_v expm1(-delta_v))
         KL(p || q)    = sum_v p_v delta_v + (lse_q - lse_p)
 
-    Both sums are of ``delta``, the (small) difference of the two caches, so they stay accurate in
-    float32 elementwise work with float64 accumulation: no float64 exp of the vocabulary per cache,
-    identical logits give exactly 0, and close ones keep their tiny KL (error ~1e-7 of it, against
-    the float64 definition). A cache whose logits exceed the full ones by more than 60 anywhere goes
-    through the float64 definition instead.
+    Both sums are of ``delta``, the difference of the two caches, so they stay accurate in float32
+    elementwise work with float64 accumulation: no float64 exp of the vocabulary per cache,
+    identical logits give exactly 0, and close ones keep their tiny KL. The error against the
+    float64 definition is about 1e-7 of ``sum_v p_v |delta_v|``. Where ``Z_q / Z_p < 0.5`` (the
+    compressed cache moves most of p's mass away) ``log1p`` would cancel, and the positive terms of
+    ``sum_v p_v exp(-delta_v)`` are summed instead. A cache whose logits exceed the full ones by more
+    than 60 anywhere goes through the float64 definition.
 
     Attributes
     ----------
@@ -99,8 +101,15 @@ class FullDistribution:
             return self._exact_kl_and_nll(z, targets)
         linear = (self.probs * delta).sum(dim=-1).double() / self.mass
         delta.neg_().expm1_()
-        log_ratio = torch.log1p((self.probs * delta).sum(dim=-1).double() / self.mass)
-        return linear + log_ratio, _nll(z, self.lse + log_ratio, targets)
+        excess = (self.probs * delta).sum(dim=-1).double() / self.mass  # Z_q / Z_p - 1
+        log_ratio = torch.log1p(excess)
+        # Where the compressed cache drops most of p's mass, 1 + excess cancels: sum the positive terms.
+        lost = (excess < -0.5).nonzero().squeeze(1)
+        if lost.numel():
+            terms = self.probs[lost] * torch.exp(z[lost] - self.logits[lost])
+            log_ratio[lost] = torch.log(terms.sum(dim=-1, dtype=torch.float64) / self.mass[lost])
+        # KL >= 0; rounding (~1e-7 of sum p |delta|) could take a near-identical cache just below it.
+        return (linear + log_ratio).clamp_min(0.0), _nll(z, self.lse + log_ratio, targets)
 
     def _exact_kl_and_nll(self, z: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         log_q = torch.log_softmax(z.double(), dim=-1)
