@@ -7,7 +7,9 @@ members' stored rows once into one ``(B, rows, d)`` buffer, each member's rows p
 member's, followed by room for the decode steps at the same offset in every row; one step is then
 three kernels for the whole batch (:func:`lava.attention.batched_packed_attention`) instead of
 three per member. With flash-attn on CUDA, attention runs per member (:meth:`CompressedLayer.attend_stored`).
-A row that has finished leaves the batch with :meth:`BatchedCache.select`.
+A row that has finished leaves the batch with :meth:`BatchedCache.select`. A forward of several new
+tokens per row (teacher forcing) appends to the members and attends through
+:func:`lava.varlen.varlen_attention`, one block per (member, KV head).
 """
 
 from __future__ import annotations
@@ -85,11 +87,11 @@ class BatchedLayer(UnboundedLayer):
             )
             return out.unsqueeze(1)
         if query.shape[2] > 1 and len({member.tail_len for member in self.members}) == 1:
-            return self._attend_padded(query, scaling)
+            return self._attend_varlen(query, scaling)
         outs = [member.attend_stored(q, scaling) for member, q in zip(self.members, query)]
         return torch.stack(outs).transpose(1, 2)
 
-    def _attend_padded(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
+    def _attend_varlen(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
         """Several new tokens per row (teacher forcing): the whole batch through :func:`varlen_attention`.
 
         Each (member, KV head) pair is one block: the group's ``g * q`` query rows over that head's
@@ -108,9 +110,8 @@ class BatchedLayer(UnboundedLayer):
         members = self.members
         batch, hq, q, d = query.shape
         hkv = members[0].num_kv_heads
-        lengths = torch.cat(
-            [member.head_lens for member in members]
-        )  # (B * Hkv,), prompt rows head after head
+        # Block b * Hkv + h: member b's KV head h; members store their prompt rows head after head.
+        lengths = torch.cat([member.head_lens for member in members])
         tails = [
             torch.stack([member._tail(getattr(member, name)) for member in members])
             for name in ("keys", "values")
