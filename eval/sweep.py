@@ -159,6 +159,14 @@ def _check(cfg: DictConfig) -> tuple[list[str], list[int]]:
     return methods, budgets
 
 
+def _add_phases(phases: dict[str, float], prefill_seconds: dict[str, Any], decode_seconds: float) -> None:
+    """Add one sample's shared prefill phases (:func:`shared_prefill`'s ``seconds``) and its decode time."""
+    phases["decode"] += decode_seconds
+    phases["prefill"] += prefill_seconds["prefill"]
+    phases["scoring"] += sum(prefill_seconds["scoring"].values())
+    phases["allocation"] += sum(prefill_seconds["allocation"])
+
+
 def run_sweep(cfg: DictConfig) -> SweepSummary:
     """Run (or resume) every configuration of a sweep; each writes its single run's folder."""
 
@@ -204,10 +212,7 @@ def run_sweep(cfg: DictConfig) -> SweepSummary:
                     prefill.seconds["prefill"],
                     max_batch,
                 )
-                phases["decode"] += time.perf_counter() - t0
-                phases["prefill"] += prefill.seconds["prefill"]
-                phases["scoring"] += sum(prefill.seconds["scoring"].values())
-                phases["allocation"] += sum(prefill.seconds["allocation"])
+                _add_phases(phases, prefill.seconds, time.perf_counter() - t0)
                 for i, record in zip(rows, records):
                     writers[i].write(record)
                     configs[i].new.append(record)
@@ -216,10 +221,7 @@ def run_sweep(cfg: DictConfig) -> SweepSummary:
             prefill = shared_prefill(model, input_ids, methods, sample.max_new_tokens)
             t0 = time.perf_counter()
             gens = decode_all(model, prefill, methods, sample.max_new_tokens, stops, loop.min_new, max_batch)
-            phases["decode"] += time.perf_counter() - t0
-            phases["prefill"] += prefill.seconds["prefill"]
-            phases["scoring"] += sum(prefill.seconds["scoring"].values())
-            phases["allocation"] += sum(prefill.seconds["allocation"])
+            _add_phases(phases, prefill.seconds, time.perf_counter() - t0)
             for k, (i, gen) in enumerate(zip(rows, gens)):
                 config, cache = configs[i], prefill.caches[k]
                 scoring = (

@@ -80,9 +80,7 @@ def varlen_attention(
     device = query.device
     token = torch.arange(q, device=device).repeat(rows // q)
     future = torch.arange(steps, device=device)[None, :] > (steps - q + token)[:, None]  # (r, T)
-    # One zero row after the stored rows: padding gathers it (finite, masked out).
-    pool_k = torch.cat([keys, keys.new_zeros(1, d)]).to(dtype)
-    pool_v = torch.cat([values, values.new_zeros(1, d)]).to(dtype)
+    pool_k, pool_v = keys.to(dtype), values.to(dtype)
     starts = torch.cumsum(lengths, 0) - lengths
     out = torch.empty((blocks, rows, d), dtype=dtype, device=device)
     for group in similar_lengths(lengths.tolist(), slack):
@@ -90,7 +88,8 @@ def varlen_attention(
         width = int(lengths[index].max())
         slots = torch.arange(width)
         pad = slots[None, :] >= lengths[index][:, None]  # (G, W)
-        gather = (starts[index][:, None] + slots[None, :]).masked_fill(pad, keys.shape[0]).to(device)
+        # Padding gathers row 0: finite, and masked out below.
+        gather = (starts[index][:, None] + slots[None, :]).masked_fill(pad, 0).to(device)
         index, pad = index.to(device), pad.to(device)
         k = torch.cat([pool_k[gather], tail_keys[index].to(dtype)], dim=1)  # (G, W + T, d)
         v = torch.cat([pool_v[gather], tail_values[index].to(dtype)], dim=1)

@@ -127,6 +127,9 @@ def floor_rows(table, args: argparse.Namespace, niah_min_new: int) -> list[dict]
     plus the teacher-forced forwards' linear layers: the full cache's reference (1 row) and one row
     per compressed configuration (the full method's own row not counted).
     """
+    from eval.compose import compose_config
+
+    max_batch = int(compose_config([]).max_decode_batch)  # the sweep batches its teacher forcing so
     out = []
     for (length, mode), group in table.groupby(["length", "mode"], sort=False):
         niah = group[group.benchmark == f"niah (min_new_tokens={niah_min_new})"]
@@ -135,7 +138,7 @@ def floor_rows(table, args: argparse.Namespace, niah_min_new: int) -> list[dict]
         configurations = int(niah.configurations.iloc[0])
         compressed = configurations if mode == "single" else configurations - 1
         for m in args.continuation_tokens:
-            batch = min(compressed, 32)  # the sweep's max_decode_batch
+            batch = min(compressed, max_batch)
             forwards = forward_seconds(1, m) + -(-compressed // batch) * forward_seconds(batch, m)
             out.append(
                 {

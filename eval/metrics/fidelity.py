@@ -112,10 +112,7 @@ class FullDistribution:
         return (linear + log_ratio).clamp_min(0.0), _nll(z, self.lse + log_ratio, targets)
 
     def _exact_kl_and_nll(self, z: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        log_q = torch.log_softmax(z.double(), dim=-1)
-        log_p = self.logits.double() - self.lse[:, None]
-        kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
-        return kl, -log_q.gather(1, targets.long().view(-1, 1)).squeeze(1)
+        return next_token_kl(self.logits, z), token_nll(z, targets)
 
     def nll(self, targets: torch.Tensor) -> torch.Tensor:
         """(m,) NLL of ``targets`` under the full distributions (the same arithmetic as :meth:`kl_and_nll`)."""
