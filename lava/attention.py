@@ -169,6 +169,110 @@ def flash_packed_attention(
     return out.reshape(hq, 1, d).to(query.dtype)
 
 
+# Decode attention kernels. ``decode_kernel`` is the one place that chooses per device.
+MASKED_MATMUL = "masked-matmul"  # packed rows, one (Hq, rows) matmul with a head mask: CPUs
+SDPA_PADDED = "sdpa-padded"  # each KV head's rows padded to the layer's longest head, one SDPA: CUDA
+FLASH_VARLEN = "flash-varlen"  # packed rows through flash-attn's varlen kernel: CUDA with flash-attn
+DECODE_KERNELS = (MASKED_MATMUL, SDPA_PADDED, FLASH_VARLEN)
+# A layer whose heads, padded to its longest, would need more than this fraction of extra rows stays
+# packed (memory first: dynamic head budgets can keep 6x more rows in one head than in another).
+PAD_SLACK = 0.25
+_forced_kernel: str | None = None
+
+
+def decode_kernel(device: torch.device) -> str:
+    """The decode attention kernel for a cache on ``device``.
+
+    CPUs: the masked matmul (three kernels; launch overhead dominates there, docs/perf.md). CUDA:
+    flash-attn's varlen kernel where it imports, else one SDPA over heads padded to the longest
+    (measured at the 8B shape on an H200: 64 us against 175 us for the masked matmul, which converts
+    every key to fp32 and scores every query head against every KV head's rows).
+    """
+    if _forced_kernel is not None:
+        return _forced_kernel
+    if device.type == "cuda":
+        return FLASH_VARLEN if flash_available(device) else SDPA_PADDED
+    return MASKED_MATMUL
+
+
+class force_decode_kernel:
+    """Context manager that makes :func:`decode_kernel` answer ``name`` on every device (tests, benchmarks)."""
+
+    def __init__(self, name: str | None) -> None:
+        if name is not None and name not in DECODE_KERNELS:
+            raise ValueError(f"decode kernel must be one of {DECODE_KERNELS}, got {name!r}")
+        self.name = name
+
+    def __enter__(self) -> None:
+        global _forced_kernel
+        self.previous, _forced_kernel = _forced_kernel, self.name
+
+    def __exit__(self, *exc: object) -> None:
+        global _forced_kernel
+        _forced_kernel = self.previous
+
+
+def padded_attention(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """Attention of new queries over per-head caches padded to one width: one SDPA call.
+
+    The ``g = Hq / Hkv`` query heads of a KV head are passed as ``g`` query rows of that head, so no
+    key is repeated and no GQA support is needed from the kernel.
+
+    Parameters
+    ----------
+    query : Tensor, shape (B, Hq, q, d)
+    keys, values : Tensor, shape (B, Hkv, S, d)
+        Each head's rows, padding included (finite: 0 * nan = nan).
+    bias : Tensor, shape (B, Hkv, 1 or g * q, S)
+        Additive mask in the query's dtype: 0 for a visible row, -inf for padding (and, for several new
+        tokens, for later steps). Row ``j * q + i`` of a head is its query head ``j``, new token ``i``.
+    scaling : float
+
+    Returns
+    -------
+    Tensor, shape (B, Hq, q, d)
+    """
+    batch, hq, q, d = query.shape
+    hkv = keys.shape[1]
+    grouped = query.reshape(batch, hkv, (hq // hkv) * q, d)
+    out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=bias, scale=scaling)
+    return out.reshape(batch, hq, q, d)
+
+
+def padded_bias(lengths: torch.Tensor, width: int, prefix: int, dtype: torch.dtype) -> torch.Tensor:
+    """(..., S) additive mask of padded per-head rows: head rows ``[0, lengths)`` and the decode rows
+    ``[prefix, S)`` visible (0), the padding between them -inf.
+
+    Parameters
+    ----------
+    lengths : Tensor, shape (...,), int
+        Stored prompt rows of each head (on the cache's device).
+    width : int
+        ``S``: the padded prompt width ``prefix`` plus the room for decode steps.
+    """
+    cols = torch.arange(width, device=lengths.device)
+    visible = (cols < lengths[..., None]) | (cols >= prefix)
+    return torch.zeros(visible.shape, dtype=dtype, device=lengths.device).masked_fill_(
+        ~visible, float("-inf")
+    )
+
+
+def causal_tail_bias(prompt_bias: torch.Tensor, group: int, q: int, tail: int) -> torch.Tensor:
+    """(..., g * q, prefix + tail) mask for ``q`` new tokens over padded rows: the prompt columns of
+    ``prompt_bias`` (..., prefix) for every query row, decode step ``t`` visible to new token ``i`` when
+    ``t <= tail - q + i`` (causal among the new tokens)."""
+    token = torch.arange(q, device=prompt_bias.device).repeat(group)  # row j * q + i -> i
+    steps = torch.arange(tail, device=prompt_bias.device)
+    future = steps[None, :] > (tail - q + token)[:, None]  # (g * q, T)
+    tail_bias = torch.zeros(future.shape, dtype=prompt_bias.dtype, device=prompt_bias.device)
+    tail_bias.masked_fill_(future, float("-inf"))
+    lead = prompt_bias.shape[:-1]
+    rows = prompt_bias[..., None, :].expand(*lead, group * q, prompt_bias.shape[-1])
+    return torch.cat([rows, tail_bias.expand(*lead, group * q, tail)], dim=-1)
+
+
 def flash_available(device: torch.device) -> bool:
     if device.type != "cuda":
         return False

@@ -6,7 +6,10 @@ runs one batched forward per step. On the CPU / PyTorch path a :class:`BatchedLa
 members' stored rows once into one ``(B, rows, d)`` buffer, each member's rows padded to the longest
 member's, followed by room for the decode steps at the same offset in every row; one step is then
 three kernels for the whole batch (:func:`lava.attention.batched_packed_attention`) instead of
-three per member. With flash-attn on CUDA, attention runs per member (:meth:`CompressedLayer.attend_stored`).
+three per member. On CUDA without flash-attn the batch is padded per KV head instead, ``(B, Hkv, W +
+T, d)`` with every member's heads padded to the longest head of the layer, and a step is one SDPA
+call (:func:`lava.attention.padded_attention`). With flash-attn on CUDA, attention runs per member
+(:meth:`CompressedLayer.attend_stored`).
 A row that has finished leaves the batch with :meth:`BatchedCache.select`. A forward of several new
 tokens per row (teacher forcing) appends to the members and attends through
 :func:`lava.varlen.varlen_attention`, one block per (member, KV head).
@@ -19,27 +22,43 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache
 
-from lava.attention import batched_packed_attention, flash_available, logits_dtype
+from lava.attention import (
+    FLASH_VARLEN,
+    SDPA_PADDED,
+    batched_packed_attention,
+    decode_kernel,
+    logits_dtype,
+)
 from lava.cache import CompressedCache, CompressedLayer, UnboundedLayer
+from lava.padded import PaddedStore
 from lava.varlen import varlen_attention
 
 
 class BatchedLayer(UnboundedLayer):
     """One layer of a :class:`BatchedCache`: the same layer of each member cache.
 
-    Packed mode (one-token steps without flash-attn): ``keys``/``values`` of shape (B, R, d) hold
-    row ``b``'s stored entries in ``[0, used_b)``, zeros up to ``prefix``, then decode step ``t`` of
-    KV head ``h`` at ``prefix + t * Hkv + h``; ``bias`` (B, Hq, R) is 0 where query head ``h`` may
-    see a row and -inf elsewhere (other KV heads, padding). Members are not appended to in this mode.
+    Packed mode (one-token steps with the masked-matmul kernel): ``keys``/``values`` of shape
+    (B, R, d) hold row ``b``'s stored entries in ``[0, used_b)``, zeros up to ``prefix``, then decode
+    step ``t`` of KV head ``h`` at ``prefix + t * Hkv + h``; ``bias`` (B, Hq, R) is 0 where query head
+    ``h`` may see a row and -inf elsewhere (other KV heads, padding).
+
+    Padded mode (one-token steps with the SDPA kernel, CUDA): ``keys``/``values`` of shape
+    (B, Hkv, W + T, d), member ``b``'s head ``h`` in ``[0, len_bh)``, zeros up to ``W`` (the longest
+    head of the layer over the batch), decode step ``t`` at ``W + t``; ``bias`` (B, Hkv, W + T).
+
+    Members are not appended to in either mode; with ``take_storage`` their buffers are released
+    once copied (their reports still work: they keep their kept-entry counts).
     """
 
     is_sliding = False
     is_compileable = False
     is_croppable = False
 
-    def __init__(self, members: list[CompressedLayer]) -> None:
+    def __init__(self, members: list[CompressedLayer], take_storage: bool = False) -> None:
         super().__init__()
         self.members = members
+        self.take_storage = take_storage
+        self.padded_store: PaddedStore | None = None  # padded mode
         self.is_initialized = True
         self.seq_len = members[0].seq_len
         self.keys: torch.Tensor | None = None  # (B, R, d) in packed mode
@@ -54,16 +73,27 @@ class BatchedLayer(UnboundedLayer):
 
     @property
     def packed(self) -> bool:
-        return self.keys is not None
+        """Whether the batch holds the rows in its own buffers (packed or padded mode)."""
+        return self.keys is not None or self.padded_store is not None
+
+    @property
+    def padded(self) -> bool:
+        return self.padded_store is not None
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
         """Append step(s) ``key_states``/``value_states`` (B, Hkv, q, d), row ``b`` to member ``b``."""
         if key_states.shape[0] != len(self.members):
             raise ValueError(f"batch of {key_states.shape[0]} rows for {len(self.members)} caches")
         q = key_states.shape[2]
-        if not self.packed and q == 1 and not flash_available(key_states.device):
-            self._pack()
-        if self.packed:
+        if not self.packed and q == 1:
+            kernel = decode_kernel(key_states.device)
+            if kernel == SDPA_PADDED:
+                self._pack_padded()
+            elif kernel != FLASH_VARLEN:
+                self._pack()
+        if self.padded:
+            self.padded_store.append(key_states, value_states)
+        elif self.packed:
             if q != 1:
                 raise ValueError("a packed batch decodes one token per step")
             self._append(key_states[:, :, 0], value_states[:, :, 0])
@@ -77,6 +107,8 @@ class BatchedLayer(UnboundedLayer):
 
     def attend(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
         """(B, Hq, q, d) queries -> (B, q, Hq, d) attention outputs."""
+        if self.padded:
+            return self.padded_store.attend(query, scaling)
         if self.packed:
             hq = query.shape[1]
             if self.bias is None or self.bias.shape[1] != hq:
@@ -152,6 +184,34 @@ class BatchedLayer(UnboundedLayer):
         self._row_heads[:, self.prefix :] = torch.arange(hkv, device=device).repeat(self.tail_capacity)
         self.bias = None
 
+    def _pack_padded(self) -> None:
+        """Copy every member's rows into per-head padded batch buffers (once, before the first step)."""
+        members = self.members
+        first = members[0]
+        hkv, device, dtype = first.num_kv_heads, first.keys.device, first.keys.dtype
+        d = first.keys.shape[-1]
+        tails = {member.tail_len for member in members}
+        if len(tails) != 1:
+            raise ValueError(f"members of a batch must hold the same decode steps, got {sorted(tails)}")
+        steps = tails.pop()
+        width = max(int(member.head_lens.max()) for member in members)  # host metadata, no sync
+        capacity = steps + max(max(m.tail_capacity - m.tail_len for m in members), 1)
+        shape = (len(members), hkv, width + capacity, d)
+        # Padding and the room not yet written must be finite (0 * nan = nan).
+        keys = torch.zeros(shape, dtype=dtype, device=device)
+        values = torch.zeros(shape, dtype=dtype, device=device)
+        for b, member in enumerate(members):
+            for dst, src in ((keys, member.keys), (values, member.values)):
+                if member.padded:
+                    dst[b, :, : member.width] = src[:, : member.width]
+                else:
+                    dst[b, member.row_head, member.row_slot] = src[: member.num_prompt_rows]
+                dst[b, :, width : width + steps] = member._tail(src)
+            if self.take_storage:
+                member.keys = member.values = member.padded_store = None
+        lens = torch.stack([member.head_lens for member in members]).to(device)  # (B, Hkv)
+        self.padded_store = PaddedStore(keys, values, lens, width, steps)
+
     def _build_bias(self, num_query_heads: int, dtype: torch.dtype) -> None:
         hkv = self.members[0].num_kv_heads
         query_kv_head = torch.arange(num_query_heads, device=self.keys.device) // (num_query_heads // hkv)
@@ -187,7 +247,9 @@ class BatchedLayer(UnboundedLayer):
     def select(self, rows: list[int]) -> None:
         """Keep only the batch rows ``rows`` (in that order)."""
         self.members = [self.members[r] for r in rows]
-        if self.packed:
+        if self.padded:
+            self.padded_store.select(torch.tensor(rows, device=self.padded_store.keys.device))
+        elif self.packed:
             index = torch.tensor(rows, device=self.keys.device)
             self.keys, self.values = self.keys[index], self.values[index]
             self._row_heads = self._row_heads[index]
@@ -205,17 +267,22 @@ class BatchedCache(Cache):
     Parameters
     ----------
     caches : list of CompressedCache
-        Built for the same prompt (same length, same number of layers). In packed mode (CPU path)
+        Built for the same prompt (same length, same number of layers). In packed and padded mode
         the batch keeps the decode steps in its own buffers: the members' storage stays as built.
+    take_storage : bool
+        Release each member's key/value buffers once the batch has copied them (a sweep that decodes
+        each cache once keeps one copy, not two). The members then cannot attend any more.
     """
 
-    def __init__(self, caches: list[CompressedCache]) -> None:
+    def __init__(self, caches: list[CompressedCache], take_storage: bool = False) -> None:
         lengths = {c.get_seq_length() for c in caches}
         if len(lengths) != 1:
             raise ValueError(f"caches of a batch must be at the same position, got lengths {sorted(lengths)}")
         super().__init__(layers=[])
         self.caches = list(caches)
-        self.layers.extend(BatchedLayer([c.layers[i] for c in caches]) for i in range(caches[0].num_layers))
+        self.layers.extend(
+            BatchedLayer([c.layers[i] for c in caches], take_storage) for i in range(caches[0].num_layers)
+        )
 
     def select(self, rows: list[int]) -> None:
         """Keep only the batch rows ``rows`` (in that order)."""

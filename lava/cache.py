@@ -1,11 +1,19 @@
 """A transformers ``Cache`` whose KV heads hold different numbers of entries.
 
-Per layer, keys and values live in one ``(rows, d)`` buffer each: the kept prompt entries, head
-after head (each head's kept positions in order, then the window), followed by room for the decode
-steps, token after token. Nothing is padded to the longest head and nothing evicted is kept or
-masked; the only spare rows are the ones reserved for ``max_new_tokens`` decode steps, doubled when
-full, so an append is amortised O(1) and never moves the prompt rows. One decode attention call is a
-single SDPA over the used rows with a static head mask (:func:`lava.attention.packed_attention`).
+Per layer, keys and values live in one buffer each, in one of two layouts chosen by the decode
+kernel of the device (:func:`lava.attention.decode_kernel`):
+
+- packed (CPUs, flash-attn): ``(rows, d)``, the kept prompt entries head after head (each head's
+  kept positions in order, then the window), followed by room for the decode steps, token after
+  token. Nothing is padded and nothing evicted is kept or masked. Decode attention is one masked
+  matmul (:func:`lava.attention.packed_attention`) or flash-attn's varlen kernel.
+- padded (CUDA without flash-attn): ``(Hkv, W + T, d)``, head ``h``'s kept rows in ``[0, len_h)``,
+  zeros up to the layer's longest head ``W``, then decode step ``t`` at ``W + t``. Decode attention
+  is one SDPA call (:func:`lava.attention.padded_attention`). A layer whose padding would exceed
+  :data:`lava.attention.PAD_SLACK` of its rows stays packed.
+
+In both, the room reserved for ``max_new_tokens`` decode steps is doubled when full, so an append
+is an in-place write, amortised O(1), that never moves the prompt rows.
 
 The logical sequence length stays the uncompressed one, so RoPE positions continue correctly.
 """
@@ -18,14 +26,19 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lava.attention import (
+    FLASH_VARLEN,
+    MASKED_MATMUL,
+    PAD_SLACK,
+    SDPA_PADDED,
     decode_bias,
-    flash_available,
+    decode_kernel,
     flash_packed_attention,
     full_prefill_attention,
     logits_dtype,
     packed_attention,
 )
 from lava.compat import require_transformers
+from lava.padded import PaddedStore
 from lava.policy import BudgetPlan, evicts, keep_all_ranks, kept_entries, ranks_by_score, score_layer
 
 require_transformers()  # before the import below, which fails on transformers without CacheLayerMixin
@@ -74,7 +87,7 @@ class CompressedLayer(UnboundedLayer):
 
     is_sliding = False
     is_compileable = False
-    is_croppable = False
+    is_croppable = True  # back to any length >= the prompt (decode steps only)
 
     def __init__(self, parent: CompressedCache, layer_idx: int) -> None:
         super().__init__()
@@ -89,7 +102,14 @@ class CompressedLayer(UnboundedLayer):
         self.row_head = torch.zeros(0, dtype=torch.long)  # (N,) KV head of each prompt row
         self.row_pos = torch.zeros(0, dtype=torch.long)  # (N,) token position of each prompt row
         self.row_rank = torch.zeros(0, dtype=torch.long)  # (N,) rank by score in its head; -1 = window
-        self.head_lens = torch.zeros(0, dtype=torch.long)
+        self.head_lens = torch.zeros(0, dtype=torch.long)  # (Hkv,) on the host: read there, once per layer
+        self.row_slot = torch.zeros(0, dtype=torch.long)  # (N,) index of each prompt row within its head
+        self.kernel = MASKED_MATMUL  # decode kernel, and so the layout of keys/values
+        self.width = 0  # padded layout: the longest head's prompt rows (decode step t at width + t)
+        self.entry_bytes = 0  # bytes of one key + value entry (kept when a batch takes the buffers)
+        self.padded_store: PaddedStore | None = (
+            None  # the padded layout's buffers (keys/values are views of them)
+        )
         self.cu_seqlens: torch.Tensor | None = None
         self.tail_len = 0
         self.tail_capacity = 0
@@ -101,6 +121,13 @@ class CompressedLayer(UnboundedLayer):
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        store = self.padded_store
+        if store is not None and key_states.shape[2] == 1 and store.tail_len < store.capacity:
+            store.append(key_states, value_states)  # the decode step, in as few operations as possible
+            self.tail_len += 1
+            self.seq_len += 1
+            key_states._lava_layer = self
+            return key_states, value_states
         if key_states.shape[0] != 1:
             raise ValueError("CompressedCache supports batch size 1; run samples one at a time")
         if not self.is_initialized:
@@ -123,18 +150,29 @@ class CompressedLayer(UnboundedLayer):
 
     # -- storage ------------------------------------------------------------------------------------------
     @property
+    def padded(self) -> bool:
+        return self.kernel == SDPA_PADDED
+
+    @property
     def used_rows(self) -> int:
-        """Rows of the buffers in use: the prompt entries and the decode steps stored so far."""
+        """Stored entries: the prompt entries and the decode steps stored so far."""
         return self.num_prompt_rows + self.num_kv_heads * self.tail_len
 
     @property
     def prompt_keys(self) -> torch.Tensor | None:
-        """(N, d) kept prompt keys, head after head."""
-        return None if self.keys is None else self.keys[: self.num_prompt_rows]
+        """(N, d) kept prompt keys, head after head (a gathered copy in the padded layout)."""
+        return self._prompt_rows(self.keys)
 
     @property
     def prompt_values(self) -> torch.Tensor | None:
-        return None if self.values is None else self.values[: self.num_prompt_rows]
+        return self._prompt_rows(self.values)
+
+    def _prompt_rows(self, buffer: torch.Tensor | None) -> torch.Tensor | None:
+        if buffer is None:
+            return None
+        if self.padded:
+            return buffer[self.row_head, self.row_slot]
+        return buffer[: self.num_prompt_rows]
 
     @property
     def positions(self) -> list[torch.Tensor]:
@@ -188,23 +226,41 @@ class CompressedLayer(UnboundedLayer):
         """Copy ``keys[rows]``/``values[rows]`` (all rows when ``rows`` is None) into fresh buffers with
         room for ``tail_capacity`` steps."""
         n, d = (keys.shape[0] if rows is None else rows.shape[0]), keys.shape[1]
-        hkv = self.num_kv_heads
+        hkv, device = self.num_kv_heads, keys.device
         tail_capacity = max(tail_capacity, 1)
-        new_keys = keys.new_empty((n + hkv * tail_capacity, d))
-        new_values = values.new_empty((n + hkv * tail_capacity, d))
-        if rows is None:
-            new_keys[:n].copy_(keys)
-            new_values[:n].copy_(values)
+        head_lens = torch.bincount(heads.cpu(), minlength=hkv)  # one host read per layer, not per step
+        lens = head_lens.to(device)
+        self.row_slot = torch.arange(n, device=device) - (lens.cumsum(0) - lens)[heads]
+        width = int(head_lens.max()) if n else 0
+        self.kernel = decode_kernel(device)
+        if self.kernel == SDPA_PADDED and hkv * width > (1 + PAD_SLACK) * n:
+            self.kernel = MASKED_MATMUL  # padding would cost more memory than it saves time
+        self.padded_store = None
+        if self.padded:
+            if rows is not None:
+                keys, values = keys.index_select(0, rows), values.index_select(0, rows)
+            new_keys = keys.new_zeros((1, hkv, width + tail_capacity, d))  # padding must be finite
+            new_values = values.new_zeros((1, hkv, width + tail_capacity, d))
+            new_keys[0, heads, self.row_slot] = keys
+            new_values[0, heads, self.row_slot] = values
+            self.padded_store = PaddedStore(new_keys, new_values, lens[None], width)
+            new_keys, new_values = new_keys[0], new_values[0]
         else:
-            torch.index_select(keys, 0, rows, out=new_keys[:n])
-            torch.index_select(values, 0, rows, out=new_values[:n])
+            new_keys = keys.new_empty((n + hkv * tail_capacity, d))
+            new_values = values.new_empty((n + hkv * tail_capacity, d))
+            if rows is None:
+                new_keys[:n].copy_(keys)
+                new_values[:n].copy_(values)
+            else:
+                torch.index_select(keys, 0, rows, out=new_keys[:n])
+                torch.index_select(values, 0, rows, out=new_values[:n])
         self.keys, self.values = new_keys, new_values
         self.num_prompt_rows = n
+        self.width = width
+        self.entry_bytes = 2 * d * new_keys.element_size()
         self.row_head, self.row_pos, self.row_rank = heads, pos, rank
-        self.head_lens = torch.bincount(heads.cpu(), minlength=hkv)
-        self.cu_seqlens = torch.nn.functional.pad(self.head_lens.cumsum(0), (1, 0)).to(
-            keys.device, torch.int32
-        )
+        self.head_lens = head_lens
+        self.cu_seqlens = torch.nn.functional.pad(lens.cumsum(0), (1, 0)).to(torch.int32)
         self.tail_len = 0
         self.tail_capacity = tail_capacity
         self._bias = None
@@ -212,6 +268,12 @@ class CompressedLayer(UnboundedLayer):
     def _append(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Append ``q`` steps, ``keys``/``values`` of shape (Hkv, q, d); doubles the room when full."""
         q = keys.shape[1]
+        if self.padded_store is not None:
+            if self.padded_store.append(keys[None], values[None]):  # grew: new buffers
+                self.keys, self.values = self.padded_store.keys[0], self.padded_store.values[0]
+                self.tail_capacity = self.padded_store.capacity
+            self.tail_len += q
+            return
         if self.tail_len + q > self.tail_capacity:
             self._grow(max(2 * self.tail_capacity, self.tail_len + q))
         start = self.used_rows
@@ -221,21 +283,41 @@ class CompressedLayer(UnboundedLayer):
         self.tail_len += q
 
     def _grow(self, tail_capacity: int) -> None:
-        used = self.used_rows
-        rows = self.num_prompt_rows + self.num_kv_heads * tail_capacity
         for name in ("keys", "values"):
             old = getattr(self, name)
-            new = old.new_empty((rows, old.shape[1]))
+            used = self.used_rows
+            new = old.new_empty((self.num_prompt_rows + self.num_kv_heads * tail_capacity, old.shape[1]))
             new[:used] = old[:used]
             setattr(self, name, new)
         self.tail_capacity = tail_capacity
         self._bias = None
 
+    def crop(self, max_length: int) -> None:
+        """Drop decode steps so that the layer holds ``max_length`` tokens (negative: drop that many).
+
+        Only decode steps can go: the prompt entries were chosen for the whole prompt."""
+        if max_length < 0:
+            max_length = self.seq_len + max_length
+        drop = self.seq_len - max_length
+        if drop <= 0:
+            return
+        if drop > self.tail_len:
+            raise ValueError(
+                f"cannot crop to {max_length} tokens: only the {self.tail_len} decode steps after the "
+                f"{self.seq_len - self.tail_len}-token prompt can be dropped"
+            )
+        self.tail_len -= drop
+        self.seq_len -= drop
+        if self.padded_store is not None:
+            self.padded_store.crop(self.tail_len)
+
     def _tail(self, buffer: torch.Tensor) -> torch.Tensor:
         """(Hkv, T, d) view of the decode entries."""
+        if self.padded:
+            return buffer[:, self.width : self.width + self.tail_len]
         start = self.num_prompt_rows
         rows = buffer[start : start + self.num_kv_heads * self.tail_len]
-        return rows.view(self.tail_len, self.num_kv_heads, -1).transpose(0, 1)
+        return rows.view(self.tail_len, self.num_kv_heads, buffer.shape[-1]).transpose(0, 1)
 
     def _row_layout(self) -> tuple[torch.Tensor, torch.Tensor]:
         """KV head and decode step (-1 for prompt rows) of every buffer row."""
@@ -252,6 +334,8 @@ class CompressedLayer(UnboundedLayer):
     # -- attention ----------------------------------------------------------------------------------------
     def attend(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
         """Attention output for this layer's call, shape (1, q, Hq, d)."""
+        if self.padded_store is not None:
+            return self.padded_store.attend(query, scaling)
         if self.full_keys is not None:  # prefill: full attention, then compress this layer
             out = full_prefill_attention(query, self.full_keys[None], self.full_values[None], scaling)
             self.parent.compress_layer(self.layer_idx, query[0], scaling)
@@ -263,7 +347,9 @@ class CompressedLayer(UnboundedLayer):
 
         The new steps must already be appended (causal among themselves)."""
         hq, steps = q.shape[0], q.shape[1]
-        if steps == 1 and flash_available(q.device):
+        if self.padded_store is not None:
+            return self.padded_store.attend(q[None], scaling)[0].transpose(0, 1)
+        if steps == 1 and self.kernel == FLASH_VARLEN:
             return flash_packed_attention(
                 q,
                 self.prompt_keys,
@@ -411,16 +497,12 @@ class CompressedCache(Cache):
         return [layer.head_lens.tolist() for layer in self.layers]
 
     def prompt_bytes(self) -> int:
-        """Bytes held by the stored prompt entries (keys and values), measured from the tensors."""
-        total = 0
-        for layer in self.layers:
-            for tensor in (layer.prompt_keys, layer.prompt_values):
-                if tensor is not None:
-                    total += tensor.numel() * tensor.element_size()
-        return total
+        """Bytes of the stored prompt entries (keys and values): entries x 2 x head dim x item size."""
+        return sum(layer.num_prompt_rows * layer.entry_bytes for layer in self.layers)
 
     def storage_bytes(self) -> int:
-        """Bytes of every key/value buffer: the prompt entries plus the room reserved for decoding."""
+        """Bytes of every key/value buffer: the prompt entries plus the room reserved for decoding and,
+        in the padded layout, the padding."""
         total = 0
         for layer in self.layers:
             for tensor in (layer.keys, layer.values):
@@ -431,16 +513,13 @@ class CompressedCache(Cache):
     def report(self) -> dict[str, Any]:
         kept = self.kept_per_head()
         entries = sum(sum(h) for h in kept)
-        first = self.layers[0].keys
-        d = first.shape[-1] if first is not None else 0
-        itemsize = first.element_size() if first is not None else 0
         cache_bytes = self.prompt_bytes()
         return {
             "kept_per_head": kept,
             "kept_entries": entries,
             "cache_bytes": cache_bytes,
             "decode_reserve_bytes": self.storage_bytes() - cache_bytes,
-            "entry_bytes": 2 * d * itemsize,
+            "entry_bytes": self.layers[0].entry_bytes,
             "compressed": self.compressed,
         }
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from lava.allocation import EntropyLayerBudget, FlatHeadBudget, UniformHeadBudget, UniformLayerBudget
+from lava.attention import force_decode_kernel
 from lava.batch import BatchedLayer
 from lava.cache import CompressedCache
 from lava.method import CompressionMethod
@@ -54,22 +56,32 @@ def _step_and_check(batch, rows, tails, live, q, gen):
     return out
 
 
-def test_batched_layer_matches_dense_reference_per_row():
+@pytest.mark.parametrize("kernel", ["masked-matmul", "sdpa-padded"])
+def test_batched_layer_matches_dense_reference_per_row(kernel):
+    """Both batch layouts (packed rows on CPUs, per-head padding on CUDA), forced here on the CPU; in
+    the padded one, members stored packed (heads too uneven to pad) and padded are mixed."""
     gen = torch.Generator().manual_seed(0)
     specs = [("lava", 10), ("adakv", 24), ("snapkv", 8), ("lava", 80)]  # 80 > N: nothing evicted
-    rows = [_compressed_layer(name, budget, gen) for name, budget in specs]
+    with force_decode_kernel(kernel):
+        rows = [_compressed_layer(name, budget, gen) for name, budget in specs]
     lengths = {sum(len(p) for p in layer.positions) for layer, _, _ in rows}
     assert len(lengths) > 1, "the rows must differ in length for the padding to be exercised"
-    batch = BatchedLayer([layer for layer, _, _ in rows])
+    if kernel == "sdpa-padded":
+        assert {layer.padded for layer, _, _ in rows} == {True, False}
+    batch = BatchedLayer([layer for layer, _, _ in rows], take_storage=kernel == "sdpa-padded")
     tails = [(torch.zeros(HKV, 0, D), torch.zeros(HKV, 0, D)) for _ in rows]
     live = list(range(len(rows)))
-    for step in range(7):  # reserve 2: the batch buffers grow twice
-        if step == 4:  # rows 1 and 3 stop: the batch keeps rows 2 and 0, in that order
-            live = [2, 0]
-            batch.select([2, 0])
-        _step_and_check(batch, rows, tails, live, 1, gen)
-        assert batch.packed
+    with force_decode_kernel(kernel):
+        for step in range(7):  # reserve 2: the batch buffers grow twice
+            if step == 4:  # rows 1 and 3 stop: the batch keeps rows 2 and 0, in that order
+                live = [2, 0]
+                batch.select([2, 0])
+            _step_and_check(batch, rows, tails, live, 1, gen)
+            assert batch.packed and batch.padded == (kernel == "sdpa-padded")
     assert batch.get_seq_length() == N + 7
+    if kernel == "sdpa-padded":  # the batch took the members' buffers; their reports still count
+        layer = rows[0][0]
+        assert layer.keys is None and layer.parent.prompt_bytes() == layer.num_prompt_rows * 2 * D * 4
 
 
 def test_batched_layer_multi_token_steps_match_dense_reference_per_row():

@@ -144,10 +144,41 @@ def test_packed_attention_keeps_half_precision_dtype():
 # ---------------------------------------------------------------------------------------------------------
 
 
+def test_padded_attention_matches_dense_masked_reference():
+    """The CUDA layout's kernel (each KV head padded to the longest, one SDPA), on every case above."""
+    from lava.attention import causal_tail_bias, padded_attention, padded_bias
+
+    for hq, hkv, d, lens, t, q, seed in CASES:
+        gen = torch.Generator().manual_seed(seed)
+        scaling = 1.0 / math.sqrt(d)
+        head_keys = [torch.randn(n, d, generator=gen) * 2 for n in lens]
+        head_values = [torch.randn(n, d, generator=gen) for n in lens]
+        tail_keys = torch.randn(hkv, t, d, generator=gen) * 2
+        tail_values = torch.randn(hkv, t, d, generator=gen)
+        query = torch.randn(hq, q, d, generator=gen)
+        width = max(lens)
+        keys, values = torch.zeros(hkv, width + t, d), torch.zeros(hkv, width + t, d)
+        for h in range(hkv):
+            keys[h, : lens[h]], values[h, : lens[h]] = head_keys[h], head_values[h]
+        keys[:, width:], values[:, width:] = tail_keys, tail_values
+        bias = padded_bias(torch.tensor(lens), width + t, width, torch.float32)
+        if q > 1:
+            bias = causal_tail_bias(bias[:, :width], hq // hkv, q, t)
+        else:
+            bias = bias[:, None]
+        out = padded_attention(query[None], keys[None], values[None], bias[None], scaling)[0]
+        ref = dense_reference(query, head_keys, head_values, tail_keys, tail_values, scaling)
+        torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["masked-matmul", "sdpa-padded"])
 @pytest.mark.parametrize(("hq", "hkv"), [(9, 3), (4, 4), (6, 1)])
 @pytest.mark.parametrize("method_name", ["lava", "adakv", "snapkv"])
-def test_compressed_layer_decode_matches_dense_reference(method_name, hq, hkv):
+def test_compressed_layer_decode_matches_dense_reference(monkeypatch, method_name, hq, hkv, kernel):
+    """Both storage layouts (packed on CPUs, padded on CUDA), forced here on the CPU."""
+    import lava.cache
     from lava.allocation import EntropyLayerBudget, FlatHeadBudget, UniformHeadBudget, UniformLayerBudget
+    from lava.attention import force_decode_kernel
     from lava.cache import CompressedCache
     from lava.method import CompressionMethod
     from lava.scorers.lava import LavaScorer
@@ -166,7 +197,10 @@ def test_compressed_layer_decode_matches_dense_reference(method_name, hq, hkv):
     k = torch.randn(1, hkv, n, d, generator=gen)
     v = torch.randn(1, hkv, n, d, generator=gen)
     layer.update(k, v)
-    layer.attend(torch.randn(1, hq, n, d, generator=gen), scaling)  # prefill: compresses the layer
+    monkeypatch.setattr(lava.cache, "PAD_SLACK", 100.0)  # pad however uneven the heads are
+    with force_decode_kernel(kernel):
+        layer.attend(torch.randn(1, hq, n, d, generator=gen), scaling)  # prefill: compresses the layer
+    assert layer.kernel == kernel
 
     kept = layer.positions
     assert sum(len(p) for p in kept) <= hkv * budget
@@ -187,6 +221,44 @@ def test_compressed_layer_decode_matches_dense_reference(method_name, hq, hkv):
     assert layer.tail_len == 9 and layer.tail_capacity >= 9 and layer.seq_len == n + 9
     # the prompt rows never moved: still exactly the kept entries
     torch.testing.assert_close(layer.prompt_values, torch.cat(head_values), rtol=0, atol=0)
+    # crop back to the prompt plus 2 steps: the next step sees exactly those
+    layer.crop(n + 2)
+    assert layer.tail_len == 2 and layer.seq_len == n + 2
+    new_k, new_v = torch.randn(1, hkv, 1, d, generator=gen), torch.randn(1, hkv, 1, d, generator=gen)
+    layer.update(new_k, new_v)
+    query = torch.randn(1, hq, 1, d, generator=gen)
+    ref = dense_reference(
+        query[0], head_keys, head_values, torch.cat([tail_k[:, :2], new_k[0]], 1),
+        torch.cat([tail_v[:, :2], new_v[0]], 1), scaling,
+    )  # fmt: skip
+    torch.testing.assert_close(
+        layer.attend(query, scaling)[0].transpose(0, 1).double(), ref, rtol=1e-5, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="only the 3 decode steps"):
+        layer.crop(n - 1)
+
+
+def test_uneven_heads_stay_packed_on_the_padded_kernel():
+    """Padding every head to the longest must not cost more than PAD_SLACK of the rows: such a layer
+    keeps the packed layout (memory first)."""
+    from lava.allocation import UniformHeadBudget, UniformLayerBudget
+    from lava.attention import PAD_SLACK, force_decode_kernel
+    from lava.cache import CompressedCache
+    from lava.method import CompressionMethod
+    from lava.scorers.snapkv import SnapKVScorer
+
+    method = CompressionMethod("snapkv", 64, 4, SnapKVScorer(), UniformLayerBudget(), UniformHeadBudget())
+    for lens, padded in (([30, 30, 26], True), ([30, 5, 5], False)):
+        layer = CompressedCache(method, num_layers=1).layers[0]
+        hkv, n, d = 3, max(lens), 8
+        layer.update(torch.randn(1, hkv, n, d), torch.randn(1, hkv, n, d))
+        rank = torch.full((hkv, n), 10**6)
+        for h, length in enumerate(lens):
+            rank[h, :length] = -1
+        with force_decode_kernel("sdpa-padded"):
+            layer.store(rank, torch.zeros(hkv, dtype=torch.long), reserve=4)
+        assert (hkv * max(lens) <= (1 + PAD_SLACK) * sum(lens)) == padded
+        assert layer.padded == padded and layer.head_lens.tolist() == lens
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -103,3 +103,25 @@ def test_compressed_generate_matches_runner_loop(smollm2, prompt):
         do_sample=False,
     )
     assert out[0, prompt.shape[1] :].tolist() == loop.token_ids
+
+
+@pytest.mark.parametrize("budget", [64, 4096])
+@pytest.mark.parametrize("name", ["lava", "adakv", "snapkv", "cake"])
+def test_padded_layout_gives_the_runner_loops_tokens(monkeypatch, smollm2, prompt, budget, name):
+    """The CUDA decode layout (each KV head padded to the layer's longest, one SDPA per step), forced
+    on the CPU in every layer: the same greedy tokens as the CPU layout, with and without eviction."""
+    import lava.cache
+    from lava.attention import force_decode_kernel
+
+    model, _ = smollm2
+    tokens = {}
+    for kernel in ("masked-matmul", "sdpa-padded"):
+        monkeypatch.setattr(lava.cache, "PAD_SLACK", 100.0)  # pad however uneven the heads are
+        cache = build_method(name, budget).make_cache(model, max_new_tokens=4)  # grows past the reserve
+        with force_decode_kernel(kernel):
+            gen = greedy_generate(
+                model, prompt, max_new_tokens=NEW_TOKENS, stop_ids=[], cache=cache, min_new_tokens=0
+            )
+        assert {layer.kernel for layer in cache.layers} == {kernel}
+        tokens[kernel] = gen.token_ids
+    assert tokens["sdpa-padded"] == tokens["masked-matmul"]

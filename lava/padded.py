@@ -1,0 +1,118 @@
+"""Per-head padded KV storage: the CUDA decode layout of one layer of one or several caches.
+
+``keys``/``values`` of shape (B, Hkv, W + C, d): cache ``b``'s KV head ``h`` keeps its prompt entries
+in ``[0, len_bh)``, zeros up to ``W`` (the longest head), then decode step ``t`` at ``W + t``; ``C`` is
+the room for decode steps. ``bias`` (B, Hkv, W + C), in the entries' dtype, is 0 on stored rows and
+-inf on padding and on the room not yet written.
+
+A decode step is therefore three in-place writes (key, value, the step's mask column) through views
+made once, and one SDPA call over the whole buffer (:func:`lava.attention.padded_attention`): no
+tensor is created, sliced or moved per step. On a GPU, eager decoding is bound by the host's time per
+operation (a Llama layer issues ~40), so the operations per step count more than the kernel's time
+over the few masked rows.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lava.attention import causal_tail_bias, padded_attention
+
+
+class PaddedStore:
+    """Padded keys and values of ``B`` caches of one layer, with an in-place decode tail.
+
+    Parameters
+    ----------
+    keys, values : Tensor, shape (B, Hkv, W + C, d)
+        Prompt rows in place, padding zero (finite: 0 * nan = nan), decode rows ``[W, W + steps)``
+        written; the rest of the room zero.
+    lens : Tensor, shape (B, Hkv), int64
+        Prompt rows of each head, on the entries' device.
+    width : int
+        ``W``, where the decode steps start.
+    steps : int
+        Decode steps already stored.
+    """
+
+    def __init__(
+        self, keys: torch.Tensor, values: torch.Tensor, lens: torch.Tensor, width: int, steps: int = 0
+    ):
+        self.keys, self.values, self.lens = keys, values, lens
+        self.width, self.tail_len = width, steps
+        self._make_views()
+
+    @property
+    def capacity(self) -> int:
+        """Decode steps the buffers have room for."""
+        return self.keys.shape[2] - self.width
+
+    def _make_views(self) -> None:
+        """The mask and the per-step views into the buffers (once per buffer, not per step)."""
+        width, device = self.width, self.keys.device
+        cols = torch.arange(self.keys.shape[2], device=device)
+        visible = (cols < self.lens[..., None]) | ((cols >= width) & (cols < width + self.tail_len))
+        self.bias = torch.zeros(visible.shape, dtype=self.keys.dtype, device=device)
+        self.bias.masked_fill_(~visible, float("-inf"))
+        self._bias4 = self.bias[:, :, None]  # (B, Hkv, 1, S): one row of mask for the g query heads
+        steps = range(width, self.keys.shape[2])
+        self._key_cols = [self.keys[:, :, c : c + 1] for c in steps]  # (B, Hkv, 1, d) each
+        self._value_cols = [self.values[:, :, c : c + 1] for c in steps]
+        self._bias_cols = [self.bias[:, :, c] for c in steps]
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor) -> bool:
+        """Store ``q`` decode steps, ``keys``/``values`` of shape (B, Hkv, q, d); True if the buffers grew."""
+        q = keys.shape[2]
+        grew = self.tail_len + q > self.capacity
+        if grew:
+            self.grow(max(2 * self.capacity, self.tail_len + q))
+        if q == 1:  # the decode step: three writes through ready views
+            self._key_cols[self.tail_len].copy_(keys)
+            self._value_cols[self.tail_len].copy_(values)
+            self._bias_cols[self.tail_len].zero_()
+        else:
+            start = self.width + self.tail_len
+            self.keys[:, :, start : start + q].copy_(keys)
+            self.values[:, :, start : start + q].copy_(values)
+            self.bias[:, :, start : start + q] = 0
+        self.tail_len += q
+        return grew
+
+    def attend(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
+        """Attention of new queries over the stored rows: (B, Hq, q, d) -> (B, q, Hq, d).
+
+        The new steps must already be appended (causal among themselves)."""
+        batch, hq, q, d = query.shape
+        hkv = self.keys.shape[1]
+        if q == 1 and query.dtype == self.bias.dtype:  # the decode step: one SDPA over the whole buffer
+            grouped = query.reshape(batch, hkv, hq // hkv, d)
+            out = F.scaled_dot_product_attention(
+                grouped, self.keys, self.values, attn_mask=self._bias4, scale=scaling
+            )
+            return out.view(batch, 1, hq, d)
+        cols = self.width + self.tail_len
+        bias = causal_tail_bias(self.bias[:, :, : self.width].to(query.dtype), hq // hkv, q, self.tail_len)
+        keys, values = self.keys[:, :, :cols], self.values[:, :, :cols]
+        return padded_attention(query, keys, values, bias, scaling).transpose(1, 2)
+
+    def grow(self, capacity: int) -> None:
+        """Room for ``capacity`` decode steps (the stored rows copied once)."""
+        used = self.width + self.tail_len
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = old.new_zeros((*old.shape[:2], self.width + capacity, old.shape[3]))
+            new[:, :, :used] = old[:, :, :used]
+            setattr(self, name, new)
+        self._make_views()
+
+    def crop(self, steps: int) -> None:
+        """Keep only the first ``steps`` decode steps."""
+        start = self.width + steps
+        self.bias[:, :, start : self.width + self.tail_len] = float("-inf")
+        self.tail_len = steps
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only the caches ``rows`` (B',) in that order."""
+        self.keys, self.values, self.lens = self.keys[rows], self.values[rows], self.lens[rows]
+        self._make_views()
