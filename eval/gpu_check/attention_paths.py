@@ -11,8 +11,8 @@ decode tail token after token (row ``N + t * Hkv + h`` is step ``t`` of KV head 
                    only where flash-attn imports
 ``torch-varlen``   PyTorch's own ``torch.nn.attention.varlen.varlen_attn`` over each head's rows
                    gathered into one sequence (prompt then tail); CUDA, half precision
-``sdpa-padded``    ``F.scaled_dot_product_attention`` over the heads padded to the longest one with
-                   a boolean mask (what a padded per-head cache would run)
+``sdpa-padded``    the library's CUDA path without flash-attn (:class:`lava.padded.PaddedStore`): one
+                   SDPA call over the heads padded to the longest, an additive mask
 
 The reference loops over query heads in float64 on the CPU, from the same (dtype-rounded) inputs.
 """
@@ -167,22 +167,25 @@ def torch_varlen(case: Case) -> Callable[[], torch.Tensor]:
 
 
 def sdpa_padded(case: Case) -> Callable[[], torch.Tensor]:
+    """The library's CUDA path (:class:`lava.padded.PaddedStore`): heads padded to the longest, the
+    decode tail after the padding, one SDPA call over the whole buffer with an additive mask."""
+    from lava.padded import PaddedStore
+
     hq, _, d = case.query.shape
-    hkv = case.num_kv_heads
-    order = _per_head_order(case)
-    lens = case.head_lens + case.tail
-    longest = int(lens.max())
-    slot = torch.arange(longest, device=lens.device)
-    valid = slot[None, :] < lens[:, None]  # (Hkv, M)
-    keys = case.keys.new_zeros(hkv, longest, d)
-    values = case.values.new_zeros(hkv, longest, d)
-    keys[valid] = case.keys[order]
-    values[valid] = case.values[order]
-    mask = valid.repeat_interleave(hq // hkv, dim=0)[None, :, None, :]  # (1, Hq, 1, M)
-    q = case.query[None]
-    return lambda: F.scaled_dot_product_attention(
-        q, keys[None], values[None], attn_mask=mask, scale=case.scale, enable_gqa=True
-    )[0]
+    hkv, n, tail = case.num_kv_heads, case.num_prompt_rows, case.tail
+    width = int(case.head_lens.max())
+    lens = case.head_lens.to(case.keys.device)
+    heads = case.row_head[:n]
+    slot = torch.arange(n, device=heads.device) - (lens.cumsum(0) - lens)[heads]
+    buffers = []
+    for rows in (case.keys, case.values):
+        buffer = rows.new_zeros(1, hkv, width + tail, d)
+        buffer[0, heads, slot] = rows[:n]
+        buffer[0, :, width:] = rows[n:].view(tail, hkv, d).transpose(0, 1)
+        buffers.append(buffer)
+    store = PaddedStore(buffers[0], buffers[1], lens[None], width, steps=tail)
+    query = case.query[None]  # (1, Hq, 1, d)
+    return lambda: store.attend(query, case.scale).reshape(hq, 1, d)
 
 
 HALF_ONLY = {"flash-varlen", "torch-varlen"}

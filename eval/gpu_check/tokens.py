@@ -21,7 +21,7 @@ import torch
 
 from eval.generation import greedy_generate
 from eval.gpu_check.methods import make_method
-from lava.attention import flash_available
+from lava.attention import decode_kernel
 from lava.compat import cache_kwargs
 
 # Relative margin (of the reference top logit) under which a flipped argmax counts as a near-tie:
@@ -37,8 +37,9 @@ LOGIT_FLOOR = {torch.float32: 1e-3, torch.bfloat16: 0.1}
 
 
 def decode_path(device: torch.device) -> str:
-    """The decode attention path the library takes on ``device``."""
-    return "flash-varlen" if flash_available(device) else "masked-matmul"
+    """The decode attention path the library takes on ``device`` (layers whose heads are too uneven to
+    pad stay on the masked matmul: :data:`lava.attention.PAD_SLACK`)."""
+    return decode_kernel(device)
 
 
 def _greedy(model: Any, ids: torch.Tensor, new_tokens: int, cache: Any) -> list[int]:
