@@ -10,7 +10,8 @@ Phases, in order of importance, each started only if its estimated time still fi
 3. decode attention: every available path (flash-attn varlen, torch varlen, SDPA, masked matmul)
    against a dense float64 reference (fp32: max abs error 1e-5; bf16: relative error 2e-2), and timed;
 4. speed and memory: a random-weight model of Llama-3.1-8B's shape in bf16, prompt 32k, budgets 2048,
-   512, 128: full cache, full@budget, snapkv, pyramidkv, adakv, cake, lava.
+   512, 128: full cache, full@budget, snapkv, pyramidkv, adakv, cake, cake_cascading, lava; each
+   warmed up, its decode timed 3 times in rounds interleaved with the others (median, min, max).
 
 Outputs in ``--out`` (default results/gpu): token_identity.csv, kept_entries.csv, attention.csv,
 perf.csv, gpu_check.json (everything, with the machine and versions) and summary.md. docs/gpu.md has
@@ -40,21 +41,27 @@ FULL_SIZES = dict(
     token_prompt=1024, new_tokens=32, kept_prompt=2048, kept_budgets=[128, 512],
     attention_shapes=[("llama-8b@2048", 32, 8, 128, 2048, 64), ("smollm2@512", 9, 3, 64, 512, 16)],
     attention_iters=50, perf_prompt=32768, perf_budgets=[2048, 512, 128], decode_steps=64,
+    warmup_prompt=1024, decode_repeats=3, prefill_repeats=3,
 )  # fmt: skip
 SMALL_SIZES = dict(
     token_prompt=96, new_tokens=8, kept_prompt=160, kept_budgets=[64],
     attention_shapes=[("tiny@48", 4, 2, 16, 48, 3), ("odd-group@20", 6, 2, 8, 20, 2)],
     attention_iters=3, perf_prompt=512, perf_budgets=[128, 64], decode_steps=4,
+    warmup_prompt=192, decode_repeats=2, prefill_repeats=2,
 )  # fmt: skip
 # Estimated seconds of each phase on one H200 (docs/gpu.md explains them). A phase starts only if its
-# estimate fits in what is left; a perf run's estimate is replaced by the longest measured one of its kind.
+# estimate fits in what is left. Speed grid steps, per kind (full, ceiling = full@budget, method):
+# `prepare` = cache, timed prefill and untimed full-size decode; `decode` = one timed decode; `prefill` =
+# one more timed prefill; each replaced by 1.25 x the longest measured one of its kind once there is one.
 H200_ESTIMATE_S = dict(
-    setup=15, token_identity=60, kept_entries=45, attention=15, perf_model=25, activations=5, warmup=20,
-    full=8, ceiling=3, method=6,
+    setup=15, token_identity=60, kept_entries=45, attention=15, perf_model=25, activations=5, warmup=10,
+    full_prepare=8, full_decode=5, ceiling_prepare=2, ceiling_decode=1.5, ceiling_prefill=0.5,
+    method_prepare=6, method_decode=2, method_prefill=4,
 )  # fmt: skip
 CPU_SMALL_ESTIMATE_S = dict(
     setup=5, token_identity=15, kept_entries=5, attention=3, perf_model=1, activations=1, warmup=2,
-    full=1, ceiling=1, method=1,
+    full_prepare=1, full_decode=1, ceiling_prepare=1, ceiling_decode=1, ceiling_prefill=1,
+    method_prepare=1, method_decode=1, method_prefill=1,
 )  # fmt: skip
 
 
@@ -87,7 +94,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="phases to run (default all)",
     )
     p.add_argument(
-        "--perf-methods", nargs="+", default=None, help="methods of the speed grid (default the issue's five)"
+        "--perf-methods",
+        nargs="+",
+        default=None,
+        help="methods of the speed grid (default eval.gpu_check.methods.PERF_METHODS)",
     )
     p.add_argument(
         "--label", default=None, help="commit or label for the results (default: git HEAD, if any)"
@@ -221,73 +231,185 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def perf_groups(methods: list[str], budgets: list[int]) -> list[list[tuple[str, int | None]]]:
+    """The speed grid's configurations in groups, by importance: ``full`` with the largest budget's
+    (``full@budget``, then each method), then each smaller budget's. A group's configurations are
+    prefilled together and their decodes timed in interleaved rounds."""
+    from eval.gpu_check.perf import CEILING, FULL
+
+    order = sorted(budgets, reverse=True)
+    groups = [[(CEILING, b)] + [(m, b) for m in methods] for b in order]
+    groups[0].insert(0, (FULL, None))
+    return groups
+
+
 def run_perf(args, sizes: dict, estimate: dict, device: str, clock, results: dict, save) -> None:
-    """Speed and memory grid: full first, then per budget (largest first) full@budget and each method."""
+    """Speed and memory grid (docs/gpu.md, "The time budget"): the 8B-shaped model, then
+    :func:`speed_grid` with the garbage collector's view of everything that exists before it frozen."""
+    import gc
+
     import torch
 
-    from eval.gpu_check.methods import PERF_METHODS
     from eval.gpu_check.models import LLAMA_8B, TINY, random_llama
-    from eval.gpu_check.perf import CEILING, FULL, activation_bytes, add_ratios, run_generation
-    from eval.gpu_check.tokens import decode_path
+    from eval.gpu_check.perf import release
 
     if not clock.fits("speed model (random-weight Llama-3.1-8B shape)", estimate["perf_model"]):
         return
     shape, dtype = (TINY, torch.float32) if args.small else (LLAMA_8B, torch.bfloat16)
     model = random_llama(shape, dtype, device)
-    model_name = "llama-3.1-8b-instruct"
-    dev = torch.device(device)
-    weights = torch.cuda.memory_allocated(dev) if device == "cuda" else float("nan")
     results["meta"]["perf_model"] = (
         f"random weights, {'tiny' if args.small else 'Llama-3.1-8B'} shape, {str(dtype).removeprefix('torch.')}"
     )
-    prompt = sizes["perf_prompt"]
-    ids = torch.randint(0, shape["vocab_size"], (1, prompt), generator=torch.Generator().manual_seed(2)).to(
-        dev
+    ids = torch.randint(
+        0, shape["vocab_size"], (1, sizes["perf_prompt"]), generator=torch.Generator().manual_seed(2)
     )
-    steps = sizes["decode_steps"]
-    methods = args.perf_methods or PERF_METHODS
+    # Memory is read after a full collection (dropped caches hold reference cycles); with the model, torch
+    # and transformers frozen out of the collector's view one takes microseconds instead of ~0.1 s.
+    gc.collect()
+    gc.freeze()
+    try:
+        speed_grid(model, ids.to(device), args.perf_methods, sizes, estimate, clock, results, save)
+    finally:
+        gc.unfreeze()
+        del model
+        release(torch.device(device))
+
+
+def speed_grid(model, ids, methods, sizes: dict, estimate: dict, clock, results: dict, save) -> None:
+    """Warm-ups, then per group of configurations (:func:`perf_groups`) one timed prefill and one
+    untimed decode each, ``decode_repeats`` rounds that time every configuration's decode once, and
+    more prefills of the acceptance rows; ``results["perf"]`` is rewritten after each step."""
+    import torch
+
+    from eval.gpu_check.methods import PERF_METHODS
+    from eval.gpu_check.perf import (
+        CEILING,
+        FULL,
+        Measured,
+        activation_bytes,
+        add_ratios,
+        decode,
+        prefill,
+        release,
+    )
+    from eval.gpu_check.tokens import decode_path
+
+    model_name = "llama-3.1-8b-instruct"
+    dev, dtype = ids.device, model.dtype
+    weights = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else float("nan")
+    prompt, steps, budgets = ids.shape[1], sizes["decode_steps"], sizes["perf_budgets"]
+    methods = methods or PERF_METHODS
+    groups = perf_groups(methods, budgets)
+    top = max(budgets)
+    # The rows the acceptance reads get prefill_repeats timed prefills; every row gets decode_repeats decodes.
+    accept = [(CEILING, top)] + [(m, top) for m in ("adakv", "lava") if m in methods]
     meta = {
         "prompt_tokens": prompt,
         "decode_steps": steps,
         "weights_bytes": weights,
         "activation_bytes": float("nan"),
         "decode_path": decode_path(dev),
+        "protocol": {
+            "kernel_warmup": f"each configuration once on the prompt's first {sizes['warmup_prompt']} tokens "
+            f"at budget {min(budgets)}, 2 decode steps (untimed); the uncached prefill warms the full length",
+            "per_group": "configurations of one budget (the first group with full) are prefilled one after "
+            "the other (1 timed prefill each) and decoded once untimed at full size (the warm-up, "
+            "shown as warmup_tok_s); their caches stay alive",
+            "rounds": f"{sizes['decode_repeats']} rounds; round r times every configuration of the group "
+            "once, in grid order; each decode starts from the prefill's first token and is rewound "
+            "with cache.crop afterwards",
+            "prefill_repeats": f"{sizes['prefill_repeats']} timed prefills (fresh caches, dropped) for "
+            f"{', '.join(f'{n}@{b}' for n, b in accept)}, one after each round but the last",
+            "reported": "median with min and max over the timed runs; decode_vs_ceiling = median / "
+            "the same budget's full@budget median",
+            "memory": "peak = weights + the configuration's own peak above what everything else held "
+            "(the weights, the other live caches), the largest of its prefills and decodes",
+        },
     }
     results["perf_meta"] = meta
     if clock.fits("uncached prefill (activations; warms the prompt length)", estimate["activations"]):
         meta["activation_bytes"] = activation_bytes(model, ids)
-    if clock.fits("warm-up of each configuration at a short prompt", estimate["warmup"]):
-        short = ids[:, : max(sizes["perf_budgets"]) * 2]
-        for name in [FULL, *methods]:
-            run_generation(model, model_name, short, name, min(sizes["perf_budgets"]), 2)
-    grid = [(FULL, None, 0)] + [(n, b, 0) for b in sizes["perf_budgets"] for n in [CEILING, *methods]]
-    # Time left over repeats the acceptance rows (largest budget: full@budget, adakv, lava) in reverse
-    # order, so their ratios come with a second measurement.
-    top = max(sizes["perf_budgets"])
-    grid += [(n, top, 1) for n in reversed([CEILING, *[m for m in ("adakv", "lava") if m in methods]])]
-    measured: dict[str, float] = {}
-    rows: list[dict] = []
-    for name, budget, repeat in grid:
-        kind = "full" if name == FULL else ("ceiling" if name == CEILING else "method")
-        guess = 1.25 * measured[kind] if kind in measured else estimate[kind]
-        if not clock.fits(f"perf {name} @ {budget or '-'} (repeat {repeat})", guess):
-            continue
-        t0 = time.perf_counter()
-        try:
-            row = run_generation(model, model_name, ids, name, budget, steps)
-        except Exception as exc:
-            results["errors"].append(
-                f"perf {name} @ {budget}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
-            )
-            continue
-        measured[kind] = max(measured.get(kind, 0.0), time.perf_counter() - t0)
-        rows.append({**row, "repeat": repeat})
+    measured = {key: Measured(key[0], key[1], steps) for group in groups for key in group}
+
+    def refresh() -> None:
+        rows = [m.row(weights) for m in measured.values() if m.prefills or m.errors]
         add_ratios(rows, weights, meta["activation_bytes"], model.config, dtype)
         results["perf"] = rows
-        print(f"[gpu-check] perf {name} @ {budget or '-'}: prefill {row['prefill_s']:.3f} s, "
-              f"decode {row['decode_tok_s']:.1f} tok/s, peak {row['peak_bytes'] / 2**30:.2f} GiB", flush=True)  # fmt: skip
         save()
-    del model
+
+    def failed(key, what: str, exc: Exception) -> None:
+        text = f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        measured[key].errors.append(text)
+        results["errors"].append(f"perf {key[0]} @ {key[1] or '-'} {text}")
+
+    if clock.fits("kernel warm-up of each configuration at a short prompt", estimate["warmup"]):
+        short = ids[:, : sizes["warmup_prompt"]]
+        for name in [FULL, CEILING, *methods]:
+            try:
+                state, _ = prefill(model, model_name, short, name, min(budgets), 2)
+                decode(model, state, 2)
+            except Exception:  # the grid records the error on the configuration's row
+                pass
+            state = None
+    seconds: dict[str, float] = {}  # longest measured duration of each (step, kind)
+
+    def timed(key, step: str, what: str, fn) -> object:
+        """``fn()`` if its estimate fits (1.25 x the longest of its kind once measured), else None."""
+        kind = "full" if key[0] == FULL else ("ceiling" if key[0] == CEILING else "method")
+        slot = f"{kind}_{step}"
+        guess = 1.25 * seconds[slot] if slot in seconds else estimate[slot]
+        if not clock.fits(f"perf {key[0]} @ {key[1] or '-'}: {what}", guess):
+            return None
+        t0 = time.perf_counter()
+        try:
+            out = fn()
+        except Exception as exc:
+            failed(key, what, exc)
+            return None
+        seconds[slot] = max(seconds.get(slot, 0.0), time.perf_counter() - t0)
+        return out
+
+    for group in groups:
+        live = {}
+        for key in group:
+            if measured[key].errors:
+                continue
+
+            def prepare(key=key):
+                state, stats = prefill(model, model_name, ids, key[0], key[1], steps)
+                measured[key].prefills.append(stats)
+                measured[key].warmup = decode(model, state, steps)
+                return state
+
+            state = timed(key, "prepare", "prefill and warm-up decode", prepare)
+            if state is not None:
+                live[key] = state
+                m = measured[key].row(weights)
+                print(f"[gpu-check] perf {key[0]} @ {key[1] or '-'}: prefill {m['prefill_s']:.3f} s, warm-up "
+                      f"decode {m['warmup_tok_s']:.1f} tok/s", flush=True)  # fmt: skip
+            refresh()
+        for r in range(1, sizes["decode_repeats"] + 1):
+            for key, state in list(live.items()):
+                out = timed(
+                    key, "decode", f"decode round {r}", lambda state=state: decode(model, state, steps)
+                )
+                if out is not None:
+                    measured[key].decodes.append(out)
+                    print(f"[gpu-check] perf {key[0]} @ {key[1] or '-'} round {r}: decode {out['tok_s']:.1f} tok/s",
+                          flush=True)  # fmt: skip
+                elif measured[key].errors:
+                    del live[key]  # a failed decode leaves its cache in an unknown state
+            if r < sizes["prefill_repeats"]:
+                for key in [k for k in accept if k in live]:
+                    out = timed(key, "prefill", f"prefill {r + 1}", lambda key=key: prefill(
+                        model, model_name, ids, key[0], key[1], steps)[1])  # fmt: skip
+                    if out is not None:
+                        measured[key].prefills.append(out)
+            refresh()
+        live.clear()
+        state = None  # the group's last cache too: the next group's baselines hold only the weights
+        release(dev)
+    refresh()
 
 
 if __name__ == "__main__":

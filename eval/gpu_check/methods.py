@@ -6,6 +6,8 @@ from eval.methods import compressing_methods, make_method
 
 __all__ = ["PERF_METHODS", "compressing_methods", "make_method"]
 
-# The speed grid's methods, in the GPU issue's order (each point costs device time); the correctness
-# checks run every compressing method of the registry.
-PERF_METHODS = ["snapkv", "pyramidkv", "adakv", "cake", "lava"]
+# The speed grid's methods, in the GPU issues' order (each point costs device time); the correctness
+# checks run every compressing method of the registry. `cake_cascading` (CAKE evicting as layers
+# arrive) follows `cake` (official CAKE's default: every layer's prompt held until the last) so that
+# their peak memory reads side by side. A method whose config fails to build is an error row.
+PERF_METHODS = ["snapkv", "pyramidkv", "adakv", "cake", "cake_cascading", "lava"]

@@ -53,6 +53,13 @@ def _f(value: Any, fmt: str) -> str:
     )
 
 
+def _span(r: dict, key: str, fmt: str, count: str) -> str:
+    """``median [min, max] (n)`` of a repeated timing."""
+    if key not in r:
+        return "-"
+    return f"{_f(r[key], fmt)} [{_f(r[key + '_min'], fmt)}, {_f(r[key + '_max'], fmt)}] ({r[count]})"
+
+
 def verdicts(results: dict) -> dict[str, str]:
     """PASS / FAIL / not run, per correctness table (a table passes when every row that ran passed)."""
     out = {}
@@ -66,9 +73,89 @@ def verdicts(results: dict) -> dict[str, str]:
     return out
 
 
-def acceptance(perf: list[dict], budget: int) -> list[dict]:
-    """LAVa's and Ada-KV's decode and memory figures at ``budget`` (the issue's acceptance numbers)."""
-    return [r for r in perf if r["method"] in ("lava", "adakv") and r["budget"] == budget]
+# The speed grid's acceptance (issue 20): decode of these methods at the largest budget against its
+# full@budget, from medians of at least MIN_REPEATS timed decodes each; cascading CAKE's peak memory
+# against SnapKV's; the memory target of these methods at every budget.
+DECODE_METHODS, DECODE_TARGET, MIN_REPEATS = ("lava", "adakv"), 0.9, 3
+CASCADE_TARGET = 1.1
+MEMORY_METHODS = ("lava", "adakv", "snapkv", "cake", "cake_cascading")
+CEILING = "full@budget"  # eval.gpu_check.perf.CEILING, not imported: this module needs no torch
+
+
+def _verdict(passed: bool | None) -> str:
+    return {True: "PASS", False: "FAIL", None: "not measured"}[passed]
+
+
+def _rate(r: dict) -> str:
+    """Median decode rate with its spread and count."""
+    return (f"{_f(r['decode_tok_s'], '.1f')} tok/s [{_f(r['decode_tok_s_min'], '.1f')}, "
+            f"{_f(r['decode_tok_s_max'], '.1f')}] (n={r['decode_runs']})")  # fmt: skip
+
+
+def acceptance(results: dict) -> list[dict]:
+    """The speed grid's acceptance checks, each ``{check, method, budget, value, target, passed, detail}``;
+    ``passed`` is None where the figure is missing (memory off CUDA, fewer than 3 timed decodes)."""
+    rows = {(r["method"], r["budget"]): r for r in results.get("perf", []) if "prefill_s" in r}
+    budgets = sorted({b for _, b in rows if b != ""}, reverse=True)
+    out: list[dict] = []
+    if not budgets:
+        return out
+    top = budgets[0]
+    ceiling = rows.get((CEILING, top))
+    for method in DECODE_METHODS:
+        r = rows.get((method, top))
+        if r is None or ceiling is None:
+            continue
+        ratio = r["decode_tok_s"] / ceiling["decode_tok_s"]
+        enough = min(r["decode_runs"], ceiling["decode_runs"]) >= MIN_REPEATS
+        out.append({"check": "decode vs full@budget", "method": method, "budget": top, "value": ratio,
+                    "target": f">= {DECODE_TARGET}", "passed": bool(ratio >= DECODE_TARGET) if enough and
+                    math.isfinite(ratio) else None,
+                    "detail": f"{method} {_rate(r)}, full@{top} {_rate(ceiling)}; ratio of medians"
+                    + ("" if enough else f" (fewer than {MIN_REPEATS} timed decodes)")})  # fmt: skip
+    for budget in budgets:
+        cascading, snapkv, cake = (rows.get((m, budget)) for m in ("cake_cascading", "snapkv", "cake"))
+        if cascading is None or snapkv is None:
+            continue
+        ratio = cascading["peak_above_weights_bytes"] / snapkv["peak_above_weights_bytes"]
+        default = _f(cake["peak_above_weights_bytes"] / GIB, ".2f") if cake else "-"
+        out.append({"check": "cake_cascading peak vs snapkv", "method": "cake_cascading", "budget": budget,
+                    "value": ratio, "target": f"<= {CASCADE_TARGET}",
+                    "passed": bool(ratio <= CASCADE_TARGET) if math.isfinite(ratio) else None,
+                    "detail": f"peak above weights: cake_cascading {_f(cascading['peak_above_weights_bytes'] / GIB, '.2f')} GiB, "
+                    f"snapkv {_f(snapkv['peak_above_weights_bytes'] / GIB, '.2f')} GiB, cake (default, "
+                    f"non-cascading) {default} GiB"})  # fmt: skip
+    for budget in budgets:
+        for method in MEMORY_METHODS:
+            r = rows.get((method, budget))
+            if r is None or "mem_vs_allowance" not in r:
+                continue
+            out.append({"check": "memory target", "method": method, "budget": budget,
+                        "value": r["mem_vs_allowance"], "target": "<= 1", "passed": r["mem_target_passed"],
+                        "detail": f"(peak - weights - activations) {_f(r['peak_minus_activations_bytes'] / MIB, '.0f')} MiB, "
+                        f"allowance {_f(r['mem_allowance_bytes'] / MIB, '.0f')} MiB"})  # fmt: skip
+    return out
+
+
+def acceptance_lines(checks: list[dict]) -> list[str]:
+    """Markdown bullets: one per decode and cascading check, one per budget for the memory target."""
+    lines = []
+    for c in checks:
+        if c["check"] != "memory target":
+            lines.append(f"- {c['check']}, {c['method']} @ {c['budget']}: {_f(c['value'], '.2f')} (target "
+                         f"{c['target']}) **{_verdict(c['passed'])}**: {c['detail']}")  # fmt: skip
+    memory = [c for c in checks if c["check"] == "memory target"]
+    for budget in dict.fromkeys(c["budget"] for c in memory):
+        cells = [
+            f"{c['method']} {_f(c['value'], '.2f')} {_verdict(c['passed'])}"
+            for c in memory
+            if c["budget"] == budget
+        ]
+        lines.append(
+            f"- memory target @ {budget}, (peak - weights - activations) / allowance <= 1: "
+            + ", ".join(cells)
+        )
+    return lines
 
 
 def summary(results: dict) -> str:
@@ -127,26 +214,31 @@ def summary(results: dict) -> str:
             "'-' off CUDA). Ratios are against `full` in this run.",
             "",
         ]
-        lines += [md_table(perf, {"method": "method", "budget": "budget", "repeat": "repeat",
-                                  "prefill s": lambda r: _f(r["prefill_s"], ".3f"),
-                                  "compress s": lambda r: _f(r["compress_s"], ".3f"),
-                                  "decode tok/s": lambda r: _f(r["decode_tok_s"], ".1f"),
+        lines += [
+            "Each configuration: one timed prefill (more for the acceptance rows), an untimed "
+            "decode at full size (warm-up), then timed decodes in rounds interleaved with the other "
+            "configurations of its budget; figures are medians [min, max]. Memory: weights + the "
+            "configuration's own peak above everything else alive. Allowance = (the budget's KV bytes "
+            "+ one layer's full prompt KV) x 1.1; the target: (peak - weights - activations) <= allowance.",
+            "",
+        ]
+        lines += [md_table(perf, {"method": "method", "budget": "budget",
+                                  "prefill s": lambda r: _span(r, "prefill_s", ".3f", "prefill_runs"),
+                                  "compress s": lambda r: _f(r.get("compress_s"), ".3f"),
+                                  "decode tok/s": lambda r: _span(r, "decode_tok_s", ".1f", "decode_runs"),
+                                  "warm-up tok/s": lambda r: _f(r.get("warmup_tok_s"), ".1f"),
                                   "vs full": lambda r: _f(r.get("decode_speedup"), ".2f"),
                                   "vs full@budget": lambda r: _f(r.get("decode_vs_ceiling"), ".2f"),
-                                  "KV MiB": lambda r: _f(r["kv_bytes"] / MIB, ".1f"),
-                                  "peak GiB": lambda r: _f(r["peak_bytes"] / GIB, ".2f"),
-                                  "decode mem / budget KV": lambda r: _f(r.get("decode_mem_vs_budget"), ".2f"),
-                                  "(peak - act.) / budget KV": lambda r: _f(r.get("peak_minus_activations_vs_budget"), ".2f")}),
+                                  "KV MiB": lambda r: _f(r.get("kv_bytes", NAN) / MIB, ".1f"),
+                                  "peak GiB": lambda r: _f(r.get("peak_bytes", NAN) / GIB, ".2f"),
+                                  "peak - w - act. MiB": lambda r: _f(r.get("peak_minus_activations_bytes", NAN) / MIB, ".1f"),
+                                  "allowance MiB": lambda r: _f(r.get("mem_allowance_bytes", NAN) / MIB, ".1f"),
+                                  "memory target": lambda r: "" if "mem_allowance_bytes" not in r else _verdict(r["mem_target_passed"]),
+                                  "error": "error"}),
                   ""]  # fmt: skip
-        top = max((r["budget"] for r in perf if r["budget"] != ""), default=None)
-        for r in acceptance(perf, top) if top else []:
-            lines.append(
-                f"- {r['method']} @ {top} (repeat {r.get('repeat', 0)}): decode {_f(r.get('decode_vs_ceiling'), '.2f')} x full@budget "
-                f"(target >= 0.9), {_f(r.get('decode_speedup'), '.2f')} x full; peak memory above weights "
-                f"{_f(r.get('peak_vs_budget'), '.2f')} x the budget's KV bytes, during "
-                f"decode {_f(r.get('decode_mem_vs_budget'), '.2f')} x, peak minus the prefill's own "
-                f"activations {_f(r.get('peak_minus_activations_vs_budget'), '.2f')} x (target <= 1.1)"
-            )
+        checks = acceptance(results)
+        if checks:
+            lines += ["### Acceptance", "", *acceptance_lines(checks)]
         lines.append("")
     if results.get("skipped"):
         lines += ["## Skipped (time budget)", ""]
@@ -162,6 +254,8 @@ def summary(results: dict) -> str:
 def write_all(results: dict, out: Path) -> None:
     """(Re)write every file from ``results``: called after each phase, so a killed run keeps its files."""
     out.mkdir(parents=True, exist_ok=True)
+    if results.get("perf"):  # recomputed from the rows: the JSON carries the checks the summary shows
+        results["acceptance"] = acceptance(results)
     for table in TABLES:
         if results.get(table):
             write_csv(results[table], out / f"{table}.csv")
