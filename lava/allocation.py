@@ -195,23 +195,47 @@ class PreferenceLayerBudget(LayerAllocator):
         budget, so the cache allocates once after the last layer, as official CAKE does.
         ``"proportional"``: water-filling as :class:`ProportionalLayerBudget` (surplus in proportion to
         the preference; online, earlier layers only shrink).
+    cascading : bool
+        Official CAKE's ``use_cascading`` (``redistribute="even"`` only). After each layer's prefill
+        the same even rule is applied to the layers seen so far, the preferences normalised over those
+        layers and the *whole* model's ``L * b`` shared among them, and every seen layer is evicted
+        down to its new budget. Upstream evicts (top-k of the layer's scores, never more than it still
+        holds), so an earlier layer never grows back even when the rule gives it more later (through
+        the rounding deficit or a later layer's clamped surplus); :class:`lava.policy.BudgetPlan` keeps
+        the same minimum. Memory stays bounded (at most ``L * b`` non-window entries per head over
+        all layers, the windows, and one layer's full prompt) instead of every layer's prompt until
+        the last layer; the kept total can end below ``L * b``. Default False: the official one-shot
+        allocation.
     """
 
     redistribute: str = "even"
+    cascading: bool = False
 
     def __post_init__(self) -> None:
         if self.redistribute not in REDISTRIBUTIONS:
             raise ValueError(f"redistribute must be one of {REDISTRIBUTIONS}, got {self.redistribute!r}")
+        if not isinstance(self.cascading, bool):
+            raise ValueError(f"cascading must be true or false, got {self.cascading!r}")
+        if self.cascading and self.redistribute != "even":
+            raise ValueError(
+                "cascading=true needs redistribute=even (proportional is already allocated layer by layer)"
+            )
 
     @property
     def monotone(self) -> bool:
-        return self.redistribute == "proportional"
+        # Cascading is monotone by construction: the plan only ever lowers an earlier layer's budget.
+        return self.redistribute == "proportional" or self.cascading
 
     def allocate(self, stats, caps, num_layers, per_layer) -> list[int]:
+        """Budgets of the layers in ``stats``: all layers (one-shot) or, cascading, the layers seen so far.
+
+        The same rule serves both: the preferences are normalised over the given layers and the whole
+        model's ``num_layers * per_layer`` is shared among them, as upstream does at every step.
+        """
         if self.redistribute == "proportional":
             return ProportionalLayerBudget.allocate(self, stats, caps, num_layers, per_layer)
         total = num_layers * per_layer
-        weights = _weights(stats)
+        weights = _weights(stats)  # all zero: a uniform split (upstream would divide by zero)
         weight_sum = sum(weights)
         return even_adjusted_budgets([w / weight_sum * total for w in weights], caps, total)
 
@@ -244,7 +268,7 @@ class UniformHeadBudget(HeadAllocator):
 
     def caps(self, scores, budget, base_budget, prepared=None) -> torch.Tensor:
         hkv, prefix = scores.shape
-        return torch.full((hkv,), min(budget, prefix), dtype=torch.long)
+        return torch.full((hkv,), min(budget, prefix), dtype=torch.long, device=scores.device)
 
 
 @dataclass
@@ -275,15 +299,18 @@ class FlatHeadBudget(HeadAllocator):
     def caps(self, scores, budget, base_budget, prepared=None) -> torch.Tensor:
         hkv, prefix = scores.shape
         if budget >= prefix:
-            return torch.full((hkv,), prefix, dtype=torch.long)
+            return torch.full((hkv,), prefix, dtype=torch.long, device=scores.device)
         order = (prepared if prepared is not None else self.prepare(scores))[: hkv * budget]
         counts = torch.bincount(order // prefix, minlength=hkv).double()
         floor = int(self.alpha * (budget if self.floor == "exact" else base_budget))
         raw = counts * (1.0 - self.alpha) + floor
         caps = torch.round(raw).long()  # round half to even, like torch.round upstream
         if self.floor == "exact":
-            excess = int(caps.sum()) - hkv * budget
-            if excess > 0:  # trim the heads that rounded up the most
-                for head in torch.argsort(caps.double() - raw, descending=True, stable=True)[:excess]:
-                    caps[head] -= 1
+            # Trim the overshoot one entry each from the heads that rounded up the most. Computed on the
+            # scores' device (no host read of the sum): each head rounds up by at most 1/2, so the
+            # overshoot is below Hkv and at most one entry comes off a head.
+            excess = caps.sum() - hkv * budget  # 0-dim; <= 0 trims nothing
+            order = torch.argsort(caps.double() - raw, descending=True, stable=True)
+            place = torch.argsort(order)  # each head's place in that order
+            caps = caps - (place < excess).long()
         return caps.clamp(0, prefix)

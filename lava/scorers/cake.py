@@ -3,7 +3,9 @@
 Parts: :class:`CakeScorer` (token score ``mean + gamma * var`` of the window attention, avg-pooled,
 GQA mean; layer preference ``H^(1/tau1) * V^(1/tau2)``) + :class:`~lava.allocation.PreferenceLayerBudget`
 (official ``adjust_budgets``: clamped to each layer's prefix, surplus and rounding deficit spread
-evenly, allocated once after the last layer) + uniform heads.
+evenly, allocated once after the last layer) + uniform heads. ``cascading=True`` on the allocator
+(``configs/method/cake_cascading.yaml``) is official CAKE's ``use_cascading``: the same rule after
+every layer over the layers seen so far, earlier layers evicted down as layers arrive.
 """
 
 from __future__ import annotations
