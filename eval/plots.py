@@ -78,6 +78,7 @@ METHOD_COLORS = {
     "pyramidkv": "#ff7f0e",
     "adakv": "#2ca02c",
     "cake": "#9467bd",
+    "cake_cascading": "#c5b0d5",
     "lava": "#d62728",
     "lava_layer_only": "#e377c2",
     "lava_head_only": "#8c564b",
