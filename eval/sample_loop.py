@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from eval.benchmarks.base import Benchmark, Sample
+from eval.device_memory import device_memory, mark_weights_loaded
 from lava.models import ModelSpec, load_model, load_tokenizer, newline_token_id, stop_token_ids
 
 
@@ -38,6 +39,7 @@ class SampleLoop:
         self.tokenizer = load_tokenizer(spec)
         self.samples: list[Sample] = load_samples(cfg, bench, self.tokenizer, spec)
         self.model: Any = None
+        self.weights_bytes: int | None = None
 
     def load_model(self) -> Any:
         """Load the weights (after the caller has checked what is left to do); returns the model."""
@@ -47,9 +49,14 @@ class SampleLoop:
         self.eos_ids = stop_token_ids(self.tokenizer, self.spec, self.model)
         self.newline_id = newline_token_id(self.tokenizer)
         self.device = next(self.model.parameters()).device
+        self.weights_bytes = mark_weights_loaded(self.device)
         self.min_new = min_new_tokens(self.bench, self.cfg)
         self.warn = LengthWarning(self.spec)
         return self.model
+
+    def device_memory(self) -> dict[str, Any] | None:
+        """The run's accelerator memory so far (:func:`eval.device_memory.device_memory`; None on a CPU)."""
+        return device_memory(self.device, self.weights_bytes)
 
     def progress(self, todo: Sequence[Sample], desc: str) -> tqdm:
         """A bar over ``todo`` that starts at the samples already done (a resumed run shows them)."""

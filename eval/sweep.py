@@ -7,16 +7,18 @@ Per sample the prompt is prefilled once with full attention (:func:`lava.prefill
 each distinct scorer runs once per layer; each configuration's cache is built from the shared
 prefill with its own allocation (:func:`lava.prefill.build_cache`); the compressed configurations
 decode together, at most ``max_decode_batch`` per batch, and the full cache decodes alone over the
-prefill's ``DynamicCache``. Each configuration writes exactly the run folder its single run
-(``method=<m> budget=<B>``) writes, so a sweep resumes single runs and vice versa; records are
-appended per configuration as each sample finishes, so a killed sweep redoes, per folder, only
-the samples that folder lacks.
+prefill's ``DynamicCache`` (the captured keys and values themselves, no copy), first; each cache
+is freed as soon as its configuration is decoded and recorded. Each configuration writes exactly
+the run folder its single run (``method=<m> budget=<B>``) writes, so a sweep resumes single runs
+and vice versa; records are appended per configuration as each sample finishes, so a killed sweep
+redoes, per folder, only the samples that folder lacks.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from eval.runner import (
     build_benchmark,
     finish_run,
     make_record,
+    memory_lines,
     open_run_folder,
     read_done,
     run_dir_for,
@@ -67,6 +70,7 @@ class SweepSummary:
     phase_seconds: dict[str, float]
     score: float = math.nan
     samples_seconds: float = math.nan  # the sample loop alone (model loaded): what the new samples cost
+    device_memory: dict[str, Any] | None = None  # on CUDA (eval.device_memory): weights, peak, device
 
     def format(self) -> str:
         lines = [
@@ -74,6 +78,7 @@ class SweepSummary:
             f"  sweep: {len(self.runs)} configurations x {self.samples} samples in {self.elapsed_seconds:.1f} s",
         ]
         lines.append("  " + "  ".join(f"{k} {v:.1f} s" for k, v in self.phase_seconds.items()))
+        lines += memory_lines(self.device_memory)
         for summary in self.runs:
             lines.append(
                 f"    {summary.score:8.4f} {summary.headline_metric}  {summary.num_samples} samples "
@@ -131,23 +136,69 @@ def decode_all(
     stops: list[int],
     min_new: int,
     max_batch: int,
+    on_done: Callable[[int, Generation, Any], None] | None = None,
 ) -> list[Generation]:
-    """Greedy decode every cache of ``prefill``: the full cache alone, the compressed ones in batches."""
+    """Greedy decode every cache of ``prefill``: the full cache alone, the compressed ones in batches.
+
+    Parameters
+    ----------
+    on_done : callable, optional
+        ``on_done(index, generation, cache)``, called for each configuration as soon as it is decoded;
+        its cache is then dropped from ``prefill.caches`` (set to None) so its memory is free before
+        the next batch decodes: the full cache (the prefill's own keys and values) goes before any
+        compressed one decodes. Without it every cache stays in ``prefill.caches``.
+    """
     gens: list[Generation | None] = [None] * len(methods)
     compressed = [i for i, m in enumerate(methods) if m is not None]
-    for i, method in enumerate(methods):
-        if method is None:
-            (gens[i],) = greedy_decode(
-                model, prefill.logits, [prefill.caches[i]], max_new_tokens, stops, min_new
-            )
-    for start in range(0, len(compressed), max_batch):
-        rows = compressed[start : start + max_batch]
+    # The full cache alone first (freed before the batches when on_done is given), then the batches.
+    batches = [[i] for i, m in enumerate(methods) if m is None]
+    batches += [compressed[s : s + max_batch] for s in range(0, len(compressed), max_batch)]
+    for rows in batches:
         out = greedy_decode(
             model, prefill.logits, [prefill.caches[i] for i in rows], max_new_tokens, stops, min_new
         )
         for i, gen in zip(rows, out):
             gens[i] = gen
+            if on_done is not None:
+                on_done(i, gen, prefill.caches[i])
+                prefill.caches[i] = None
+        out = None
     return gens
+
+
+@dataclass
+class SampleRecords:
+    """Writes one sample's record per configuration as soon as it is decoded (``decode_all``'s ``on_done``).
+
+    ``rows[k]`` is the configuration index of the sample's ``k``-th cache; ``seconds`` the shared
+    prefill's (:class:`SharedPrefill`); ``self.seconds`` the time spent here, kept out of the decode phase.
+    """
+
+    sample: Any
+    bench: Any
+    tokenizer: Any
+    prompt_ids: list[int]
+    prefill_seconds: dict[str, Any]
+    rows: list[int]
+    configs: list[SweepConfig]
+    writers: list[RecordWriter]
+    seconds: float = 0.0
+
+    def __call__(self, k: int, gen: Generation, cache: Any) -> None:
+        t0 = time.perf_counter()
+        i = self.rows[k]
+        config, shared = self.configs[i], self.prefill_seconds
+        scoring = shared["scoring"].get(scorer_key(config.method), 0.0) if config.method else 0.0
+        times = {
+            "prefill_seconds": shared["prefill"],  # shared by the sample's configurations
+            "scoring_seconds": scoring,  # shared by the configurations of the same scorer
+            "allocation_seconds": shared["allocation"][k],
+            "decode_seconds": gen.decode_seconds,  # the decode batch's
+        }
+        record = make_record(self.sample, self.bench, self.tokenizer, self.prompt_ids, gen, cache, times)
+        self.writers[i].write(record)
+        config.new.append(record)
+        self.seconds += time.perf_counter() - t0
 
 
 def _check(cfg: DictConfig) -> tuple[list[str], list[int]]:
@@ -219,25 +270,16 @@ def run_sweep(cfg: DictConfig) -> SweepSummary:
                 prefill = records = None
                 continue
             prefill = shared_prefill(model, input_ids, methods, sample.max_new_tokens)
+            recorder = SampleRecords(
+                sample, bench, loop.tokenizer, prompt_ids, prefill.seconds, rows, configs, writers
+            )
             t0 = time.perf_counter()
-            gens = decode_all(model, prefill, methods, sample.max_new_tokens, stops, loop.min_new, max_batch)
-            _add_phases(phases, prefill.seconds, time.perf_counter() - t0)
-            for k, (i, gen) in enumerate(zip(rows, gens)):
-                config, cache = configs[i], prefill.caches[k]
-                scoring = (
-                    prefill.seconds["scoring"].get(scorer_key(config.method), 0.0) if config.method else 0.0
-                )
-                times = {
-                    "prefill_seconds": prefill.seconds["prefill"],  # shared by the sample's configurations
-                    "scoring_seconds": scoring,  # shared by the configurations of the same scorer
-                    "allocation_seconds": prefill.seconds["allocation"][k],
-                    "decode_seconds": gen.decode_seconds,  # the decode batch's
-                }
-                record = make_record(sample, bench, loop.tokenizer, prompt_ids, gen, cache, times)
-                writers[i].write(record)
-                config.new.append(record)
-            # Free this sample's caches before the next prefill (otherwise two samples' caches coexist).
-            prefill = gens = cache = None
+            # Each cache is dropped as soon as its record is written (decode_all's on_done).
+            decode_all(
+                model, prefill, methods, sample.max_new_tokens, stops, loop.min_new, max_batch, recorder
+            )
+            _add_phases(phases, prefill.seconds, time.perf_counter() - t0 - recorder.seconds)
+            prefill = None
     finally:
         for writer in writers:
             writer.close()
@@ -245,6 +287,7 @@ def run_sweep(cfg: DictConfig) -> SweepSummary:
     elapsed = time.perf_counter() - t_start
     samples_seconds = elapsed - (t_samples - t_start)
     ids = [s.id for s in samples]
+    memory = loop.device_memory()  # the whole sweep's, recorded in every configuration's run_meta.json
     runs = []
     for config in configs:
         by_id = {r["id"]: r for r in config.done + config.new}
@@ -256,7 +299,15 @@ def run_sweep(cfg: DictConfig) -> SweepSummary:
         }
         runs.append(
             finish_run(
-                config.run_dir, config.cfg, bench, records, config.new, elapsed, str(loop.device), extra
+                config.run_dir,
+                config.cfg,
+                bench,
+                records,
+                config.new,
+                elapsed,
+                str(loop.device),
+                extra,
+                memory,
             )
         )
     return SweepSummary(
@@ -265,4 +316,5 @@ def run_sweep(cfg: DictConfig) -> SweepSummary:
         len(samples),
         {k: round(v, 2) for k, v in phases.items()},
         samples_seconds=samples_seconds,
+        device_memory=memory,
     )
