@@ -54,12 +54,12 @@ SMALL_SIZES = dict(
 # `prepare` = cache, timed prefill and untimed full-size decode; `decode` = one timed decode; `prefill` =
 # one more timed prefill; each replaced by 1.25 x the longest measured one of its kind once there is one.
 H200_ESTIMATE_S = dict(
-    setup=15, token_identity=60, kept_entries=45, attention=15, perf_model=25, activations=5, warmup=10,
+    setup=15, token_identity=60, kept_entries=45, attention=15, sweep=165, perf_model=25, activations=5, warmup=10,
     full_prepare=8, full_decode=5, ceiling_prepare=2, ceiling_decode=1.5, ceiling_prefill=0.5,
     method_prepare=6, method_decode=2, method_prefill=4,
 )  # fmt: skip
 CPU_SMALL_ESTIMATE_S = dict(
-    setup=5, token_identity=15, kept_entries=5, attention=3, perf_model=1, activations=1, warmup=2,
+    setup=5, token_identity=15, kept_entries=5, attention=3, sweep=60, perf_model=1, activations=1, warmup=2,
     full_prepare=1, full_decode=1, ceiling_prepare=1, ceiling_decode=1, ceiling_prefill=1,
     method_prepare=1, method_decode=1, method_prefill=1,
 )  # fmt: skip
@@ -89,8 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--phases",
         nargs="+",
-        default=["tokens", "kept", "attention", "perf"],
-        choices=["tokens", "kept", "attention", "perf"],
+        default=["tokens", "kept", "attention", "sweep", "perf"],
+        choices=["tokens", "kept", "attention", "sweep", "perf"],
         help="phases to run (default all)",
     )
     p.add_argument(
@@ -149,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     if device not in ("cuda", "cpu"):
         print(f"error: --device {device} is not supported; use cuda or cpu", file=sys.stderr)
         return 2
-    if device == "cpu" and not args.small and "perf" in args.phases:
-        print("error: the speed phase builds an 8B model (16 GB); on a CPU add --small, or leave perf out of "
-              "--phases", file=sys.stderr)  # fmt: skip
+    if device == "cpu" and not args.small and {"perf", "sweep"} & set(args.phases):
+        print("error: the speed and sweep phases build an 8B model (16 GB); on a CPU add --small, or leave "
+              "perf and sweep out of --phases", file=sys.stderr)  # fmt: skip
         return 2
     # fp32 checks must be fp32: no TF32 in matmuls (PyTorch's default, made explicit).
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -221,6 +221,19 @@ def main(argv: list[str] | None = None) -> int:
 
         phase("attention", "decode attention paths", lambda: results.__setitem__("attention", check_paths(
               sizes["attention_shapes"], device, [torch.float32, torch.bfloat16], sizes["attention_iters"])))  # fmt: skip
+    if "sweep" in args.phases:  # before the speed grid: it runs whole or not at all, the grid degrades
+        from eval.gpu_check import sweep as sweep_phase
+
+        def run_sweep() -> None:
+            small = args.small
+            result = sweep_phase.run_sweep_phase(
+                sweep_phase.SMALL_SIZES if small else sweep_phase.FULL_SIZES, device, clock,
+                sweep_phase.CPU_SMALL_ESTIMATE_S if small else sweep_phase.H200_ESTIMATE_S)  # fmt: skip
+            results["sweep_phase"] = result
+            results["sweep"] = result["rows"]
+            results["errors"] += result["errors"]
+
+        phase("sweep", "sweep phase: run.py sweep against a single full run", run_sweep)
     if "perf" in args.phases:
         t0 = time.perf_counter()
         run_perf(args, sizes, estimate, device, clock, results, save)

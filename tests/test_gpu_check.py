@@ -43,12 +43,26 @@ def test_small_run_writes_every_file(small_run):
         "kept_entries.csv",
         "attention.csv",
         "perf.csv",
+        "sweep.csv",
         "gpu_check.json",
         "summary.md",
     }
     assert results["errors"] == [] and results["skipped"] == []
     summary = (out / "summary.md").read_text()
-    assert summary.count("**PASS**") == 3
+    assert summary.split("## The runner's sweep")[0].count("**PASS**") == 3  # the correctness checks
+
+
+def test_small_run_covers_the_runners_sweep(small_run):
+    """The sweep phase ran run.py twice on the same samples; the sweep's full cache predicted exactly
+    what the single full run did; the wall-time ratio is the ratio of the two rows' walls."""
+    out, results = small_run
+    phase = results["sweep_phase"]
+    assert phase["meta"]["same_samples"] is True
+    rows = {r["run"]: r for r in read_csv(out / "sweep.csv")}
+    assert set(rows) == {"full", "sweep"}
+    ratio = float(rows["sweep"]["samples_s"]) / float(rows["full"]["samples_s"])
+    assert float(rows["sweep"]["wall_ratio"]) == pytest.approx(ratio, rel=1e-6)
+    assert "the runner's sweep against a single full run" in (out / "summary.md").read_text().lower()
 
 
 def test_every_method_token_identical_in_fp32_and_passes_in_bf16(small_run):

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-TABLES = ("token_identity", "kept_entries", "attention", "perf")
+TABLES = ("token_identity", "kept_entries", "attention", "perf", "sweep")
 GIB = 2**30
 NAN = float("nan")
 MIB = 2**20
@@ -240,6 +240,10 @@ def summary(results: dict) -> str:
         if checks:
             lines += ["### Acceptance", "", *acceptance_lines(checks)]
         lines.append("")
+    if results.get("sweep_phase"):
+        from eval.gpu_check.sweep import summary_lines  # here: eval.gpu_check.sweep imports this module
+
+        lines += summary_lines(results["sweep_phase"])
     if results.get("skipped"):
         lines += ["## Skipped (time budget)", ""]
         lines += [
