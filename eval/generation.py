@@ -79,14 +79,37 @@ def greedy_generate(
     return gen
 
 
-def _pick(scores: torch.Tensor, step: int, stop: torch.Tensor, min_new_tokens: int) -> tuple[int, float]:
-    """Greedy token of one row's scores (V,), stop tokens suppressed before ``min_new_tokens``; and its
-    margin over the runner-up (a margin near 0 is a floating-point tie)."""
-    scores = scores.float()
+def _pick(
+    logits: torch.Tensor, step: int, stop: torch.Tensor, min_new_tokens: int
+) -> tuple[torch.Tensor, list[tuple[int, float, bool]]]:
+    """The greedy step of every row at once, on the logits' device, read on the host in one transfer.
+
+    Parameters
+    ----------
+    logits : Tensor, shape (B, V)
+        Next-token scores of each row (not modified).
+    step : int
+        Index of the token being chosen; stop tokens are suppressed while ``step < min_new_tokens``.
+    stop : Tensor, shape (S,), int64
+        Stop token ids, on the logits' device (may be empty).
+
+    Returns
+    -------
+    tokens : Tensor, shape (B,), int64
+        The chosen tokens, on the device (the next step's input ids).
+    rows : list of (int, float, bool)
+        Per row: the token, its margin over the runner-up (top-1 minus top-2 score; near 0 is a
+        floating-point tie) and whether it is a stop token.
+    """
+    scores = logits.float()
     if step < min_new_tokens and stop.numel():
-        scores[stop] = float("-inf")
-    top = torch.topk(scores, 2).values
-    return int(torch.argmax(scores)), float(top[0] - top[1])
+        scores = scores.index_fill(1, stop, float("-inf"))
+    top = torch.topk(scores, 2, dim=-1).values
+    tokens = torch.argmax(scores, dim=-1)  # the first of equal maxima, as for one row
+    stopped = torch.isin(tokens, stop) if stop.numel() else torch.zeros_like(tokens, dtype=torch.bool)
+    # One small (3, B) transfer per step; float64 holds token ids and the float32 margins exactly.
+    host = torch.stack([tokens.double(), (top[:, 0] - top[:, 1]).double(), stopped.double()]).tolist()
+    return tokens, [(int(t), m, bool(s)) for t, m, s in zip(*host)]
 
 
 @torch.inference_mode()
@@ -99,6 +122,10 @@ def greedy_decode(
     min_new_tokens: int = 1,
 ) -> list[Generation]:
     """Greedy decoding of one prefilled prompt through several caches at once.
+
+    Each step selects the tokens of the whole batch on the logits' device and reads tokens, margins
+    and stop flags on the host in one transfer (:func:`_pick`); the next step's input ids stay on the
+    device (a row that stops leaves through ``index_select``).
 
     Parameters
     ----------
@@ -123,16 +150,18 @@ def greedy_decode(
     reasons = ["length"] * len(caches)
     _sync(device)
     t0 = time.perf_counter()
-    token, margin = _pick(first_logits, 0, stop, min_new_tokens)
+    # The first token is the same for every cache: pick it once and give it to each row.
+    first, ((token, margin, stopped),) = _pick(first_logits[None], 0, stop, min_new_tokens)
     active = []
     for row in range(len(caches)):
         tokens[row].append(token)
         margins[row].append(margin)
-        if stop.numel() and bool((stop == token).any()):
+        if stopped:
             reasons[row] = "stop_token"
         elif max_new_tokens > 1:
             active.append(row)
     if active:
+        last = first.expand(len(active)).contiguous()  # (B,) the next input ids, on the device
         if len(caches) == 1:
             batch = caches[0]
         else:
@@ -141,19 +170,21 @@ def greedy_decode(
             batch = BatchedCache([caches[r] for r in active])
     step = 1
     while active:
-        step_ids = torch.tensor([[tokens[r][-1]] for r in active], device=device)
-        logits = model(input_ids=step_ids, **cache_kwargs(model, batch), use_cache=True).logits
+        logits = model(input_ids=last[:, None], **cache_kwargs(model, batch), use_cache=True).logits
+        last, picked = _pick(logits[:, -1], step, stop, min_new_tokens)
         still = []
-        for i, row in enumerate(active):
-            token, margin = _pick(logits[i, -1], step, stop, min_new_tokens)
+        for i, (row, (token, margin, stopped)) in enumerate(zip(active, picked)):
             tokens[row].append(token)
             margins[row].append(margin)
-            if stop.numel() and bool((stop == token).any()):
+            if stopped:
                 reasons[row] = "stop_token"
             elif step + 1 < max_new_tokens:
                 still.append(i)
-        if len(still) < len(active) and still and hasattr(batch, "select"):
-            batch.select(still)
+        if still and len(still) < len(active):  # rows left: the batch and its input ids shrink
+            index = torch.tensor(still, device=device)
+            last = last.index_select(0, index)
+            if hasattr(batch, "select"):
+                batch.select(still)
         active = [active[i] for i in still]
         step += 1
     _sync(device)

@@ -301,7 +301,11 @@ class FlatHeadBudget(HeadAllocator):
         if budget >= prefix:
             return torch.full((hkv,), prefix, dtype=torch.long, device=scores.device)
         order = (prepared if prepared is not None else self.prepare(scores))[: hkv * budget]
-        counts = torch.bincount(order // prefix, minlength=hkv).double()
+        heads = order // prefix
+        # A scatter, not bincount: bincount's output size is read on the host (a sync on CUDA).
+        counts = torch.zeros(hkv, dtype=torch.float64, device=scores.device).index_add_(
+            0, heads, torch.ones_like(heads, dtype=torch.float64)
+        )
         floor = int(self.alpha * (budget if self.floor == "exact" else base_budget))
         raw = counts * (1.0 - self.alpha) + floor
         caps = torch.round(raw).long()  # round half to even, like torch.round upstream

@@ -453,7 +453,7 @@ class CompressedCache(Cache):
         if not evicts(self.method, n):  # nothing to evict: keep the whole prompt
             layer.store(
                 keep_all_ranks(hkv, n, layer.full_keys.device),
-                torch.zeros(hkv, dtype=torch.long),
+                torch.zeros(hkv, dtype=torch.long, device=layer.full_keys.device),
                 self.reserve,
             )
             self._add_time("allocation", t0, c0)

@@ -149,8 +149,11 @@ def plan_budgets(method: CompressionMethod, layers: list[ScoredLayer]) -> Budget
 
 
 def kept_entries(rank: torch.Tensor, caps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(heads, positions) of the entries with ``rank[h, p] < caps[h]``, head-major and sorted by position."""
-    return (rank < caps[:, None].to(rank.device)).nonzero(as_tuple=True)
+    """(heads, positions) of the entries with ``rank[h, p] < caps[h]``, head-major and sorted by position.
+
+    ``rank`` (Hkv, n) and ``caps`` (Hkv,) must share a device: both come from the layer's scores.
+    """
+    return (rank < caps[:, None]).nonzero(as_tuple=True)
 
 
 def keep_all_ranks(num_kv_heads: int, n: int, device: torch.device) -> torch.Tensor:

@@ -93,12 +93,25 @@ class PrefillCapture(Cache):
         return self.layers[0].seq_len
 
     def to_dynamic(self, model: Any) -> Any:
-        """The full cache of this prefill: a ``DynamicCache`` holding every layer's keys and values."""
+        """The full cache of this prefill: a ``DynamicCache`` over every layer's captured keys and values.
+
+        The captured tensors themselves, not a copy (``DynamicCache.update`` concatenates, which
+        would hold the prompt's keys and values twice until :meth:`release`); the first decode step
+        concatenates them into new tensors as usual. A sliding-window layer, which keeps only its
+        window, is filled through ``update``.
+        """
         from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
 
         cache = DynamicCache(config=model.config)
         for i, layer in enumerate(self.layers):
-            cache.update(layer.full_keys[None], layer.full_values[None], i)
+            keys, values = layer.full_keys[None], layer.full_values[None]  # (1, Hkv, n, d)
+            target = cache.layers[i] if i < len(cache.layers) else None
+            if type(target) is not DynamicLayer:
+                cache.update(keys, values, i)
+                continue
+            target.update(keys[:, :, :0], values[:, :, :0])  # initialises the layer (version-independent)
+            target.keys, target.values = keys, values
         return cache
 
     def release(self) -> None:
@@ -189,7 +202,7 @@ def build_cache(
                 hkv = layer.num_kv_heads
                 layer.store(
                     keep_all_ranks(hkv, n, source.full_keys.device),
-                    torch.zeros(hkv, dtype=torch.long),
+                    torch.zeros(hkv, dtype=torch.long, device=source.full_keys.device),
                     reserve,
                 )
     cache.timings["allocation"] = time.perf_counter() - t0

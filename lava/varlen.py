@@ -52,8 +52,9 @@ def varlen_attention(
         block's KV head, new token ``i`` of ``q``.
     keys, values : Tensor, shape (N, d)
         The stored rows of all blocks, block after block (block ``s`` owns ``lengths[s]`` rows).
-    lengths : Tensor, shape (S,), int64, on the CPU
-        Stored rows per block (0 allowed: that block sees only its tail).
+    lengths : Tensor, shape (S,), int64, best on the CPU
+        Stored rows per block (0 allowed: that block sees only its tail). Read on the host once per
+        call: the grouping and the padded widths are decided there.
     tail_keys, tail_values : Tensor, shape (S, T, d)
         Per block, the new tokens' keys and values, ``T >= q``; token ``i`` sees tail steps
         ``t <= T - q + i`` (causal), and every stored row.
@@ -81,16 +82,17 @@ def varlen_attention(
     token = torch.arange(q, device=device).repeat(rows // q)
     future = torch.arange(steps, device=device)[None, :] > (steps - q + token)[:, None]  # (r, T)
     pool_k, pool_v = keys.to(dtype), values.to(dtype)
+    host_lengths = lengths.tolist()
+    lengths = lengths.to(device)
     starts = torch.cumsum(lengths, 0) - lengths
     out = torch.empty((blocks, rows, d), dtype=dtype, device=device)
-    for group in similar_lengths(lengths.tolist(), slack):
-        index = torch.tensor(group)
-        width = int(lengths[index].max())
-        slots = torch.arange(width)
+    for group in similar_lengths(host_lengths, slack):
+        index = torch.tensor(group, device=device)
+        width = max(host_lengths[i] for i in group)
+        slots = torch.arange(width, device=device)
         pad = slots[None, :] >= lengths[index][:, None]  # (G, W)
         # Padding gathers row 0: finite, and masked out below.
-        gather = (starts[index][:, None] + slots[None, :]).masked_fill(pad, 0).to(device)
-        index, pad = index.to(device), pad.to(device)
+        gather = (starts[index][:, None] + slots[None, :]).masked_fill(pad, 0)
         k = torch.cat([pool_k[gather], tail_keys[index].to(dtype)], dim=1)  # (G, W + T, d)
         v = torch.cat([pool_v[gather], tail_values[index].to(dtype)], dim=1)
         logits = torch.bmm(query[index].to(dtype), k.transpose(1, 2)) * scaling  # (G, r, W + T)

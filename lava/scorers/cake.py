@@ -68,7 +68,9 @@ class CakeScorer(Scorer):
         # Over the window queries; unbiased as upstream (torch default), population variance for a 1-query window.
         variance = block.var(dim=1, correction=1 if block.shape[1] > 1 else 0)
         token = pool_1d(block.mean(dim=1) + self.gamma * variance, self.kernel, self.pooling)
-        dispersion = float(-(block * torch.log(block + 1e-10)).sum())
+        dispersion = -(block * torch.log(block + 1e-10)).sum()
+        # The allocators work on the host: both layer statistics come over in one transfer.
+        dispersion, spread = torch.stack([dispersion, variance.sum()]).tolist()
         tau1, tau2 = self.tau1 or 1.0, self.tau2 or 1.0
-        preference = dispersion ** (1.0 / tau1) * float(variance.sum()) ** (1.0 / tau2)
+        preference = dispersion ** (1.0 / tau1) * spread ** (1.0 / tau2)
         return LayerScores(group_reduce(token, hkv, "mean"), preference)
