@@ -120,6 +120,7 @@ def greedy_decode(
     max_new_tokens: int,
     stop_ids: Iterable[int],
     min_new_tokens: int = 1,
+    take_storage: bool = False,
 ) -> list[Generation]:
     """Greedy decoding of one prefilled prompt through several caches at once.
 
@@ -135,6 +136,9 @@ def greedy_decode(
         Prefilled caches of the prompt. One cache decodes alone (any ``transformers`` cache); several
         must be :class:`~lava.cache.CompressedCache` and decode as one batch
         (:class:`~lava.batch.BatchedCache`), a row leaving the batch when it stops.
+    take_storage : bool
+        Let the batch release each cache's buffers once it has copied them (one copy of the entries,
+        not two; the caches can then only report, not attend). For callers that drop the caches after.
 
     Returns
     -------
@@ -167,7 +171,7 @@ def greedy_decode(
         else:
             from lava.batch import BatchedCache
 
-            batch = BatchedCache([caches[r] for r in active])
+            batch = BatchedCache([caches[r] for r in active], take_storage=take_storage)
     step = 1
     while active:
         logits = model(input_ids=last[:, None], **cache_kwargs(model, batch), use_cache=True).logits

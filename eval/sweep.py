@@ -155,7 +155,13 @@ def decode_all(
     batches += [compressed[s : s + max_batch] for s in range(0, len(compressed), max_batch)]
     for rows in batches:
         out = greedy_decode(
-            model, prefill.logits, [prefill.caches[i] for i in rows], max_new_tokens, stops, min_new
+            model,
+            prefill.logits,
+            [prefill.caches[i] for i in rows],
+            max_new_tokens,
+            stops,
+            min_new,
+            take_storage=on_done is not None,  # the caches are dropped after: one copy of their entries
         )
         for i, gen in zip(rows, out):
             gens[i] = gen

@@ -208,7 +208,7 @@ class BatchedLayer(UnboundedLayer):
                     dst[b, member.row_head, member.row_slot] = src[: member.num_prompt_rows]
                 dst[b, :, width : width + steps] = member._tail(src)
             if self.take_storage:
-                member.keys = member.values = member.padded_store = None
+                member.release_storage()
         lens = torch.stack([member.head_lens for member in members]).to(device)  # (B, Hkv)
         self.padded_store = PaddedStore(keys, values, lens, width, steps)
 

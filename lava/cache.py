@@ -99,17 +99,18 @@ class CompressedLayer(UnboundedLayer):
         self.full_values: torch.Tensor | None = None
         self.prefix_kept: torch.Tensor | None = None  # (Hkv,) top-k size per head
         self.num_prompt_rows = 0
-        self.row_head = torch.zeros(0, dtype=torch.long)  # (N,) KV head of each prompt row
+        self.row_head = torch.zeros(0, dtype=torch.long, device="cpu")  # (N,) KV head of each prompt row
         self.row_pos = torch.zeros(0, dtype=torch.long)  # (N,) token position of each prompt row
         self.row_rank = torch.zeros(0, dtype=torch.long)  # (N,) rank by score in its head; -1 = window
-        self.head_lens = torch.zeros(0, dtype=torch.long)  # (Hkv,) on the host: read there, once per layer
+        self.head_lens = torch.zeros(
+            0, dtype=torch.long, device="cpu"
+        )  # (Hkv,) host: read there once per layer
         self.row_slot = torch.zeros(0, dtype=torch.long)  # (N,) index of each prompt row within its head
         self.kernel = MASKED_MATMUL  # decode kernel, and so the layout of keys/values
         self.width = 0  # padded layout: the longest head's prompt rows (decode step t at width + t)
         self.entry_bytes = 0  # bytes of one key + value entry (kept when a batch takes the buffers)
-        self.padded_store: PaddedStore | None = (
-            None  # the padded layout's buffers (keys/values are views of them)
-        )
+        self.padded_store: PaddedStore | None = None  # padded layout: keys/values are views of its buffers
+        self.released_bytes = 0  # buffer bytes handed to a batch (release_storage)
         self.cu_seqlens: torch.Tensor | None = None
         self.tail_len = 0
         self.tail_capacity = 0
@@ -291,6 +292,11 @@ class CompressedLayer(UnboundedLayer):
             setattr(self, name, new)
         self.tail_capacity = tail_capacity
         self._bias = None
+
+    def release_storage(self) -> None:
+        """Free the key/value buffers (a batch has copied them); the layer can then only report."""
+        self.released_bytes = sum(b.untyped_storage().nbytes() for b in (self.keys, self.values))
+        self.keys = self.values = self.padded_store = None
 
     def crop(self, max_length: int) -> None:
         """Drop decode steps so that the layer holds ``max_length`` tokens (negative: drop that many).
@@ -505,9 +511,10 @@ class CompressedCache(Cache):
         in the padded layout, the padding."""
         total = 0
         for layer in self.layers:
-            for tensor in (layer.keys, layer.values):
-                if tensor is not None:
-                    total += tensor.untyped_storage().nbytes()
+            if layer.keys is None:  # released to a batch: what it held
+                total += layer.released_bytes
+                continue
+            total += layer.keys.untyped_storage().nbytes() + layer.values.untyped_storage().nbytes()
         return total
 
     def report(self) -> dict[str, Any]:

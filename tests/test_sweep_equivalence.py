@@ -159,3 +159,38 @@ def test_multi_token_forward_matches_step_by_step(smollm2, methods):
         logits.append(torch.cat(out, dim=1))
     assert logits[0].shape[1] == continuation.shape[1] > 4
     torch.testing.assert_close(logits[0], logits[1], atol=2e-4, rtol=1e-4)
+
+
+def test_padded_layout_sweep_equals_single_runs(monkeypatch, smollm2):
+    """The CUDA layout forced on the CPU (every layer padded): single runs against a sweep whose batch
+    takes the caches' buffers (``on_done`` given, as the runner does). Same kept entries and bytes
+    reported after the batch released the members, same tokens."""
+    import lava.cache
+    from lava.attention import force_decode_kernel
+
+    model, tok = smollm2
+    monkeypatch.setattr(lava.cache, "PAD_SLACK", 100.0)
+    stops = [newline_token_id(tok), tok.eos_token_id]
+    input_ids = torch.tensor([_prompts(tok)["long"]])
+    methods = [build("lava", 64), build("adakv", 64), build("snapkv", 160), build("cake_cascading", 64)]
+    with force_decode_kernel("sdpa-padded"):
+        singles = []
+        for method in methods:
+            cache = method.make_cache(model, NEW_TOKENS)
+            gen = greedy_generate(
+                model, input_ids, max_new_tokens=NEW_TOKENS, stop_ids=stops, cache=cache, min_new_tokens=0
+            )
+            assert {layer.kernel for layer in cache.layers} == {"sdpa-padded"}
+            singles.append((gen, cache.report()))
+        prefill = shared_prefill(model, input_ids, methods, NEW_TOKENS)
+        reports: dict[int, dict] = {}
+
+        def on_done(index, gen, cache):
+            assert all(layer.keys is None for layer in cache.layers)  # the batch took the buffers
+            reports[index] = cache.report()
+
+        gens = decode_all(model, prefill, methods, NEW_TOKENS, stops, 0, max_batch=4, on_done=on_done)
+    for i, (method, (single, report), gen) in enumerate(zip(methods, singles, gens)):
+        tag = f"padded/{method.name}-b{method.budget}"
+        assert reports[i] == report, tag
+        _compare(tag, single.token_ids, single.margins, gen.token_ids)
