@@ -109,12 +109,13 @@ class SharedPrefill:
 
 def shared_prefill(model: Any, input_ids: Any, methods: list[Any], reserve: int) -> SharedPrefill:
     """Prefill once and build the cache of every method (``None`` = the full cache)."""
-    from lava.prefill import build_cache, capture_prefill, score_methods
+    from lava.prefill import build_cache, capture_prefill, score_methods, synchronize
 
     compressing = [m for m in methods if m is not None]
     window = max((m.window for m in compressing), default=1)
     t0 = time.perf_counter()
     capture, logits = capture_prefill(model, input_ids, window)
+    synchronize(logits)
     prefill = time.perf_counter() - t0
     scored, scoring = score_methods(capture, compressing)
     caches = []

@@ -30,8 +30,11 @@ from lava.attention import (
     logits_dtype,
 )
 from lava.cache import CompressedCache, CompressedLayer, UnboundedLayer
-from lava.padded import PaddedStore
-from lava.varlen import varlen_attention
+from lava.padded import PaddedGroups, PaddedStore
+from lava.varlen import similar_lengths, varlen_attention
+
+# Caches of a batch layer whose widest heads are within this factor share one padded store.
+WIDTH_SLACK = 2.0
 
 
 class BatchedLayer(UnboundedLayer):
@@ -58,7 +61,7 @@ class BatchedLayer(UnboundedLayer):
         super().__init__()
         self.members = members
         self.take_storage = take_storage
-        self.padded_store: PaddedStore | None = None  # padded mode
+        self.padded_store: PaddedGroups | None = None  # padded mode
         self.is_initialized = True
         self.seq_len = members[0].seq_len
         self.keys: torch.Tensor | None = None  # (B, R, d) in packed mode
@@ -185,17 +188,24 @@ class BatchedLayer(UnboundedLayer):
         self.bias = None
 
     def _pack_padded(self) -> None:
-        """Copy every member's rows into per-head padded batch buffers (once, before the first step)."""
+        """Copy every member's rows into per-head padded buffers, members of similar width together
+        (:class:`lava.padded.PaddedGroups`; once, before the first step)."""
         members = self.members
-        first = members[0]
-        hkv, device, dtype = first.num_kv_heads, first.keys.device, first.keys.dtype
-        d = first.keys.shape[-1]
         tails = {member.tail_len for member in members}
         if len(tails) != 1:
             raise ValueError(f"members of a batch must hold the same decode steps, got {sorted(tails)}")
         steps = tails.pop()
-        width = max(int(member.head_lens.max()) for member in members)  # host metadata, no sync
         capacity = steps + max(max(m.tail_capacity - m.tail_len for m in members), 1)
+        widths = [int(member.head_lens.max()) for member in members]  # host metadata, no sync
+        groups = similar_lengths(widths, WIDTH_SLACK)
+        stores = [self._padded_store([members[b] for b in group], steps, capacity) for group in groups]
+        self.padded_store = PaddedGroups(stores, groups)
+
+    def _padded_store(self, members: list[CompressedLayer], steps: int, capacity: int) -> PaddedStore:
+        first = members[0]
+        hkv, device, dtype = first.num_kv_heads, first.keys.device, first.keys.dtype
+        d = first.keys.shape[-1]
+        width = max(int(member.head_lens.max()) for member in members)
         shape = (len(members), hkv, width + capacity, d)
         # Padding and the room not yet written must be finite (0 * nan = nan).
         keys = torch.zeros(shape, dtype=dtype, device=device)
@@ -210,7 +220,7 @@ class BatchedLayer(UnboundedLayer):
             if self.take_storage:
                 member.release_storage()
         lens = torch.stack([member.head_lens for member in members]).to(device)  # (B, Hkv)
-        self.padded_store = PaddedStore(keys, values, lens, width, steps)
+        return PaddedStore(keys, values, lens, width, steps)
 
     def _build_bias(self, num_query_heads: int, dtype: torch.dtype) -> None:
         hkv = self.members[0].num_kv_heads
@@ -248,7 +258,7 @@ class BatchedLayer(UnboundedLayer):
         """Keep only the batch rows ``rows`` (in that order)."""
         self.members = [self.members[r] for r in rows]
         if self.padded:
-            self.padded_store.select(torch.tensor(rows, device=self.padded_store.keys.device))
+            self.padded_store.select(rows)
         elif self.packed:
             index = torch.tensor(rows, device=self.keys.device)
             self.keys, self.values = self.keys[index], self.values[index]

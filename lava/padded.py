@@ -49,14 +49,19 @@ class PaddedStore:
         return self.keys.shape[2] - self.width
 
     def _make_views(self) -> None:
-        """The mask and the per-step views into the buffers (once per buffer, not per step)."""
+        """The mask (once per buffer); the per-step views follow at the first decode step."""
         width, device = self.width, self.keys.device
         cols = torch.arange(self.keys.shape[2], device=device)
         visible = (cols < self.lens[..., None]) | ((cols >= width) & (cols < width + self.tail_len))
         self.bias = torch.zeros(visible.shape, dtype=self.keys.dtype, device=device)
         self.bias.masked_fill_(~visible, float("-inf"))
         self._bias4 = self.bias[:, :, None]  # (B, Hkv, 1, S): one row of mask for the g query heads
-        steps = range(width, self.keys.shape[2])
+        self._key_cols: list[torch.Tensor] | None = None
+
+    def _make_step_views(self) -> None:
+        """Views of every decode step's key, value and mask column (once per buffer, not per step; not
+        for a store that never decodes itself, e.g. a sweep's cache copied into a batch)."""
+        steps = range(self.width, self.keys.shape[2])
         self._key_cols = [self.keys[:, :, c : c + 1] for c in steps]  # (B, Hkv, 1, d) each
         self._value_cols = [self.values[:, :, c : c + 1] for c in steps]
         self._bias_cols = [self.bias[:, :, c] for c in steps]
@@ -68,6 +73,8 @@ class PaddedStore:
         if grew:
             self.grow(max(2 * self.capacity, self.tail_len + q))
         if q == 1:  # the decode step: three writes through ready views
+            if self._key_cols is None:
+                self._make_step_views()
             self._key_cols[self.tail_len].copy_(keys)
             self._value_cols[self.tail_len].copy_(values)
             self._bias_cols[self.tail_len].zero_()
@@ -82,6 +89,9 @@ class PaddedStore:
     def attend(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
         """Attention of new queries over the stored rows: (B, Hq, q, d) -> (B, q, Hq, d).
 
+        The fast path returns a contiguous tensor (``reshape`` of SDPA's output, which is not
+        contiguous for every backend: fp32 runs the efficient kernel's layout).
+
         The new steps must already be appended (causal among themselves)."""
         batch, hq, q, d = query.shape
         hkv = self.keys.shape[1]
@@ -90,7 +100,7 @@ class PaddedStore:
             out = F.scaled_dot_product_attention(
                 grouped, self.keys, self.values, attn_mask=self._bias4, scale=scaling
             )
-            return out.view(batch, 1, hq, d)
+            return out.reshape(batch, 1, hq, d)
         cols = self.width + self.tail_len
         bias = causal_tail_bias(self.bias[:, :, : self.width].to(query.dtype), hq // hkv, q, self.tail_len)
         keys, values = self.keys[:, :, :cols], self.values[:, :, :cols]
@@ -116,3 +126,68 @@ class PaddedStore:
         """Keep only the caches ``rows`` (B',) in that order."""
         self.keys, self.values, self.lens = self.keys[rows], self.values[rows], self.lens[rows]
         self._make_views()
+
+
+class PaddedGroups:
+    """The caches of one batch layer in groups of similar width, one :class:`PaddedStore` each.
+
+    Padding a whole batch to its widest cache in a layer costs that width for every cache: a sweep
+    mixes budgets (2048 next to 128 entries per head) and dynamic layer budgets (CAKE can give one
+    layer most of the model's budget), so one wide cache would make every cache of the batch that
+    wide, in memory and in attention reads. Caches whose widest head is within ``slack`` of each
+    other share a store; a decode step costs a few more operations per group (the rows of the group
+    selected, its attention, the outputs put back in batch order), a group of one batch none.
+
+    Parameters
+    ----------
+    stores : list of PaddedStore
+    rows : list of list of int
+        The batch rows of each store, in the store's order.
+    """
+
+    def __init__(self, stores: list[PaddedStore], rows: list[list[int]]):
+        self.stores, self.rows = stores, rows
+        self._index_rows()
+
+    def _index_rows(self) -> None:
+        device = self.stores[0].keys.device
+        self._index = [torch.tensor(r, device=device) for r in self.rows]
+        order = [row for rows in self.rows for row in rows]
+        self._inverse = torch.tensor(sorted(range(len(order)), key=order.__getitem__), device=device)
+
+    @property
+    def tail_len(self) -> int:
+        return self.stores[0].tail_len
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Store ``q`` decode steps of every cache, ``keys``/``values`` of shape (B, Hkv, q, d)."""
+        if len(self.stores) == 1:
+            self.stores[0].append(keys, values)
+            return
+        for store, index in zip(self.stores, self._index):
+            store.append(keys.index_select(0, index), values.index_select(0, index))
+
+    def attend(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
+        """(B, Hq, q, d) queries -> (B, q, Hq, d) attention outputs, in batch order."""
+        if len(self.stores) == 1:
+            return self.stores[0].attend(query, scaling)
+        outs = [
+            store.attend(query.index_select(0, index), scaling)
+            for store, index in zip(self.stores, self._index)
+        ]
+        return torch.cat(outs).index_select(0, self._inverse)
+
+    def select(self, rows: list[int]) -> None:
+        """Keep only the batch rows ``rows``, in that order (row ``rows[i]`` becomes row ``i``)."""
+        new_row = {old: new for new, old in enumerate(rows)}
+        stores, groups = [], []
+        for store, members in zip(self.stores, self.rows):
+            kept = [(i, new_row[old]) for i, old in enumerate(members) if old in new_row]
+            if not kept:
+                continue
+            kept.sort(key=lambda pair: pair[1])
+            store.select(torch.tensor([i for i, _ in kept], device=store.keys.device))
+            stores.append(store)
+            groups.append([new for _, new in kept])
+        self.stores, self.rows = stores, groups
+        self._index_rows()

@@ -160,6 +160,7 @@ def score_methods(
                 score_layer(method, layer.query_window, layer.full_keys, layer.full_values, layer.scaling)
                 for layer in capture.layers
             ]
+            synchronize(capture.layers[0].full_keys)
             seconds[key] = time.perf_counter() - t0
     return scored, seconds
 
@@ -205,5 +206,13 @@ def build_cache(
                     torch.zeros(hkv, dtype=torch.long, device=source.full_keys.device),
                     reserve,
                 )
+    synchronize(capture.layers[0].full_keys)
     cache.timings["allocation"] = time.perf_counter() - t0
     return cache
+
+
+def synchronize(tensor: torch.Tensor) -> None:
+    """Wait for ``tensor``'s device, so that a phase's wall time is its work, not its launches (once
+    per phase and sample, never per decode step)."""
+    if tensor.device.type == "cuda":
+        torch.cuda.synchronize(tensor.device)
