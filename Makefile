@@ -61,6 +61,13 @@ run: setup
 test: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
+# `make test-slurm`: `make reproduce-tables LAUNCHER=slurm` through a real SLURM scheduler
+# (tests/slurm/, docs/reproduce.md): scripts/slurm_local.sh starts a one-node cluster (as root;
+# installs slurm-wlm and munge if missing), runs the tests in it and stops its daemons by pid.
+.PHONY: test-slurm
+test-slurm: setup
+	scripts/slurm_local.sh env HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest tests/slurm -s $(PYTEST_ARGS)
+
 lint: setup
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
