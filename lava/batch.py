@@ -24,17 +24,15 @@ from transformers.cache_utils import Cache
 
 from lava.attention import (
     FLASH_VARLEN,
+    PAD_SLACK,
     SDPA_PADDED,
     batched_packed_attention,
     decode_kernel,
     logits_dtype,
 )
 from lava.cache import CompressedCache, CompressedLayer, UnboundedLayer
-from lava.padded import PaddedGroups, PaddedStore
-from lava.varlen import similar_lengths, varlen_attention
-
-# Caches of a batch layer whose widest heads are within this factor share one padded store.
-WIDTH_SLACK = 2.0
+from lava.padded import PaddedGroups, PaddedStore, width_groups
+from lava.varlen import varlen_attention
 
 
 class BatchedLayer(UnboundedLayer):
@@ -197,7 +195,7 @@ class BatchedLayer(UnboundedLayer):
         steps = tails.pop()
         capacity = steps + max(max(m.tail_capacity - m.tail_len for m in members), 1)
         widths = [int(member.head_lens.max()) for member in members]  # host metadata, no sync
-        groups = similar_lengths(widths, WIDTH_SLACK)
+        groups = width_groups(widths, PAD_SLACK)  # padding within the single cache's bound
         stores = [self._padded_store([members[b] for b in group], steps, capacity) for group in groups]
         self.padded_store = PaddedGroups(stores, groups)
 

@@ -14,6 +14,8 @@ over the few masked rows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -128,15 +130,38 @@ class PaddedStore:
         self._make_views()
 
 
+def width_groups(widths: Sequence[int], slack: float) -> list[list[int]]:
+    """The fewest groups of caches (indices into ``widths``) such that padding each group to its widest
+    cache costs at most ``1 + slack`` times the unpadded rows: cuts into the width-sorted caches,
+    each new cut the one that saves the most padding.
+
+    Every group is a separate attention call per layer and step, so fewer groups are faster; the
+    bound keeps a wide cache (a budget of 2048 beside 128, or a layer given most of the budget)
+    from making every other cache as wide.
+    """
+    order = sorted(range(len(widths)), key=widths.__getitem__)
+    sorted_widths = [widths[i] for i in order]
+    limit = (1 + slack) * sum(sorted_widths)
+
+    def padded(cuts: list[int]) -> int:
+        return sum((end - start) * sorted_widths[end - 1] for start, end in zip(cuts, cuts[1:]))
+
+    cuts = [0, len(order)]
+    while padded(cuts) > limit:
+        candidates = [c for c in range(1, len(order)) if c not in cuts]
+        cuts = min((sorted([*cuts, c]) for c in candidates), key=padded)
+    return [order[start:end] for start, end in zip(cuts, cuts[1:])]
+
+
 class PaddedGroups:
     """The caches of one batch layer in groups of similar width, one :class:`PaddedStore` each.
 
     Padding a whole batch to its widest cache in a layer costs that width for every cache: a sweep
     mixes budgets (2048 next to 128 entries per head) and dynamic layer budgets (CAKE can give one
     layer most of the model's budget), so one wide cache would make every cache of the batch that
-    wide, in memory and in attention reads. Caches whose widest head is within ``slack`` of each
-    other share a store; a decode step costs a few more operations per group (the rows of the group
-    selected, its attention, the outputs put back in batch order), a group of one batch none.
+    wide, in memory and in attention reads. :func:`width_groups` makes the fewest groups within a
+    padding bound; a decode step costs a few more operations per group (the rows of the group
+    selected, its attention, the outputs put back in batch order), a single group none.
 
     Parameters
     ----------

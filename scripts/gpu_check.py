@@ -40,13 +40,13 @@ if str(ROOT) not in sys.path:  # runnable as `python scripts/gpu_check.py` from 
 FULL_SIZES = dict(
     token_prompt=1024, new_tokens=32, kept_prompt=2048, kept_budgets=[128, 512],
     attention_shapes=[("llama-8b@2048", 32, 8, 128, 2048, 64), ("smollm2@512", 9, 3, 64, 512, 16)],
-    attention_iters=50, perf_prompt=32768, perf_budgets=[2048, 512, 128], decode_steps=64,
+    attention_iters=50, attention_batches=[1, 9, 27], perf_prompt=32768, perf_budgets=[2048, 512, 128], decode_steps=64,
     warmup_prompt=1024, decode_repeats=3, prefill_repeats=3,
 )  # fmt: skip
 SMALL_SIZES = dict(
     token_prompt=96, new_tokens=8, kept_prompt=160, kept_budgets=[64],
     attention_shapes=[("tiny@48", 4, 2, 16, 48, 3), ("odd-group@20", 6, 2, 8, 20, 2)],
-    attention_iters=3, perf_prompt=512, perf_budgets=[128, 64], decode_steps=4,
+    attention_iters=3, attention_batches=[1, 3], perf_prompt=512, perf_budgets=[128, 64], decode_steps=4,
     warmup_prompt=192, decode_repeats=2, prefill_repeats=2,
 )  # fmt: skip
 # Estimated seconds of each phase on one H200 (docs/gpu.md explains them). A phase starts only if its
@@ -217,10 +217,17 @@ def main(argv: list[str] | None = None) -> int:
                                  compressing_methods(), sizes["kept_budgets"], device, clock.fits)))  # fmt: skip
     correctness.clear()
     if "attention" in args.phases:
-        from eval.gpu_check.attention_paths import check_paths
+        from eval.gpu_check.attention_paths import batched_padded_timings, check_paths
 
-        phase("attention", "decode attention paths", lambda: results.__setitem__("attention", check_paths(
-              sizes["attention_shapes"], device, [torch.float32, torch.bfloat16], sizes["attention_iters"])))  # fmt: skip
+        def attention() -> None:
+            results["attention"] = check_paths(
+                sizes["attention_shapes"], device, [torch.float32, torch.bfloat16], sizes["attention_iters"]
+            )
+            results["attention_batched"] = batched_padded_timings(
+                sizes["attention_shapes"][0], device, torch.bfloat16, sizes["attention_batches"],
+                sizes["attention_iters"])  # fmt: skip
+
+        phase("attention", "decode attention paths", attention)
     if "sweep" in args.phases:  # before the speed grid: it runs whole or not at all, the grid degrades
         from eval.gpu_check import sweep as sweep_phase
 

@@ -389,3 +389,19 @@ def test_token_identity_fails_a_cache_that_attends_wrongly(monkeypatch):
 def test_full_speed_phase_refused_on_a_cpu(tmp_path, capsys):
     assert gpu_check.main(["--device", "cpu", "--out", str(tmp_path / "x")]) == 2
     assert "error: " in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_small_run_times_the_batched_padded_attention_per_backend(small_run):
+    """Every (batch, backend) pair has a row: a time, or why the backend could not run."""
+    _, results = small_run
+    rows = results["attention_batched"]
+    assert {(r["batch"], r["backend"]) for r in rows} == {
+        (b, k)
+        for b in gpu_check.SMALL_SIZES["attention_batches"]
+        for k in ("default", "efficient", "cudnn", "math")
+    }
+    timed = [
+        r["us_per_call"] is not None and r["us_per_call"] == r["us_per_call"] for r in rows
+    ]  # JSON: NaN -> null
+    assert all(t != bool(r["note"]) for t, r in zip(timed, rows))  # a time xor the reason there is none
+    assert all(r["us_per_call"] > 0 for r in rows if r["backend"] in ("default", "math"))

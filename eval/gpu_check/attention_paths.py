@@ -265,3 +265,50 @@ def check_paths(
                         row["note"] = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                 rows.append(row)
     return rows
+
+
+# SDPA backends timed for the padded layout at several batch sizes: the batched decode of a sweep
+# (several caches per call) ran far slower per step than a single cache on an H200 (docs/gpu.md), and
+# which backend PyTorch picks for a masked call depends on the shapes.
+BACKENDS = {"default": None, "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
+
+
+def batched_padded_timings(
+    shape: tuple[str, int, int, int, int, int],
+    device: str,
+    dtype: torch.dtype,
+    batches: list[int],
+    iters: int,
+) -> list[dict]:
+    """Microseconds per :meth:`lava.padded.PaddedStore.attend` call for ``batches`` caches of ``shape``
+    (heads within 10% of the mean length), with each SDPA backend allowed alone and with PyTorch's
+    default choice; timing only (the correctness of the path is :func:`check_paths`' job)."""
+    from contextlib import nullcontext
+    from functools import partial
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from lava.padded import PaddedStore
+
+    name, hq, hkv, d, mean_len, tail = shape
+    dev = torch.device(device)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    rows = []
+    for batch in batches:
+        lens = (mean_len - torch.randint(0, max(mean_len // 10, 1), (batch, hkv), generator=gen)).to(dev)
+        keys = torch.randn(batch, hkv, mean_len + tail, d, generator=gen).to(dev, dtype)
+        values = torch.randn(batch, hkv, mean_len + tail, d, generator=gen).to(dev, dtype)
+        store = PaddedStore(keys, values, lens, mean_len, steps=tail)
+        query = torch.randn(batch, hq, 1, d, generator=gen).to(dev, dtype)
+        for label, backend in BACKENDS.items():
+            row = {"case": name, "dtype": str(dtype).removeprefix("torch."), "batch": batch, "backend": label,
+                   "us_per_call": float("nan"), "note": ""}  # fmt: skip
+            context = sdpa_kernel([getattr(SDPBackend, backend)]) if backend else nullcontext()
+            try:
+                with context:
+                    call = partial(store.attend, query, 1.0 / d**0.5)
+                    row["us_per_call"] = time_call(call, dev, iters)
+            except Exception as exc:  # a backend that cannot take these inputs: reported
+                row["note"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+            rows.append(row)
+    return rows

@@ -202,6 +202,11 @@ def summary(results: dict) -> str:
                                  "passes if": lambda r: f"{r['criterion']} <= {r['tol']}",
                                  "us/call": lambda r: _f(r["us_per_call"], ".1f"), "passed": "passed",
                                  "note": "note"}), ""]  # fmt: skip
+    batched = results.get("attention_batched", [])
+    if batched:
+        lines += ["Padded decode attention of several caches per call (`PaddedStore.attend`), by SDPA backend "
+                  "(timing only):", "", md_table(batched, {"case": "case", "dtype": "dtype", "caches": "batch",
+                  "backend": "backend", "us/call": lambda r: _f(r["us_per_call"], ".1f"), "note": "note"}), ""]  # fmt: skip
     perf = results.get("perf", [])
     if perf:
         extra = results.get("perf_meta", {})
