@@ -57,7 +57,12 @@ class PaddedStore:
         visible = (cols < self.lens[..., None]) | ((cols >= width) & (cols < width + self.tail_len))
         self.bias = torch.zeros(visible.shape, dtype=self.keys.dtype, device=device)
         self.bias.masked_fill_(~visible, float("-inf"))
-        self._bias4 = self.bias[:, :, None]  # (B, Hkv, 1, S): one row of mask for the g query heads
+        # The decode call sees one sequence of B * Hkv heads: the shapes of a single cache, whose SDPA
+        # backend was measured (a batch dimension > 1 with a mask may take another backend).
+        batch, hkv, width_all, d = self.keys.shape
+        self._keys1 = self.keys.view(1, batch * hkv, width_all, d)
+        self._values1 = self.values.view(1, batch * hkv, width_all, d)
+        self._bias1 = self.bias.view(1, batch * hkv, 1, width_all)  # one mask row for the g query heads
         self._key_cols: list[torch.Tensor] | None = None
 
     def _make_step_views(self) -> None:
@@ -98,9 +103,9 @@ class PaddedStore:
         batch, hq, q, d = query.shape
         hkv = self.keys.shape[1]
         if q == 1 and query.dtype == self.bias.dtype:  # the decode step: one SDPA over the whole buffer
-            grouped = query.reshape(batch, hkv, hq // hkv, d)
+            grouped = query.reshape(1, batch * hkv, hq // hkv, d)
             out = F.scaled_dot_product_attention(
-                grouped, self.keys, self.values, attn_mask=self._bias4, scale=scaling
+                grouped, self._keys1, self._values1, attn_mask=self._bias1, scale=scaling
             )
             return out.reshape(batch, 1, hq, d)
         cols = self.width + self.tail_len
