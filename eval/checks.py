@@ -25,6 +25,15 @@ def check_config(cfg: Any) -> None:
     allow = cfg.get(ALLOW_BEYOND_CONTEXT, False)
     if not isinstance(allow, bool):
         raise UserError(f"{ALLOW_BEYOND_CONTEXT}={allow!r} is invalid; give true or false")
+    # Sweep keys are read only by a sweep: set without methods= they would be ignored in silence.
+    if cfg.get("methods") is None and cfg.get("budgets") is not None:
+        budgets = list(cfg.get("budgets"))
+        raise UserError(
+            f"budgets={budgets} needs methods=[...] (a sweep, e.g. methods=[lava]); a single run takes budget=<N>"
+        )
+    batch = cfg.get("max_decode_batch", 32)
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise UserError(f"max_decode_batch={batch!r} is invalid; give a positive integer (e.g. 32)")
 
 
 def check_prompt_lengths(bench: Benchmark, ctx: PromptContext, max_context: int, cfg: Any) -> None:

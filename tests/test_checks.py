@@ -54,6 +54,31 @@ def test_fractional_seed(tmp_path):
     assert_refused(tmp_path, ["seed=1.5"], "seed=1.5 is invalid")
 
 
+def test_sweep_keys_without_methods_are_refused(tmp_path):
+    """budgets= and max_decode_batch= were ignored by a single run (issue 24: a 71 s and a 165 s run)."""
+    assert_refused(tmp_path, ["budgets=[]"], "budgets=[] needs methods=[...]")
+    assert_refused(tmp_path, ["max_decode_batch=0"], "max_decode_batch=0 is invalid")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"budgets": [64, 128]}, "budgets=[64, 128] needs methods=[...]"),
+        ({"max_decode_batch": 0}, "max_decode_batch=0 is invalid"),
+        ({"max_decode_batch": -3}, "max_decode_batch=-3 is invalid"),
+        ({"max_decode_batch": 2.5}, "max_decode_batch=2.5 is invalid"),
+        ({"max_decode_batch": True}, "max_decode_batch=True is invalid"),
+    ],
+)
+def test_sweep_key_values_are_checked(overrides, message):
+    cfg = OmegaConf.create(
+        {"seed": 42, "methods": None, "budgets": None, "max_decode_batch": 32, **overrides}
+    )
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        check_config(cfg)
+    check_config(OmegaConf.create({"seed": 42, "methods": ["lava"], "budgets": [64], "max_decode_batch": 1}))
+
+
 def test_ruler_length_beyond_context(tmp_path):
     assert_refused(
         tmp_path,
