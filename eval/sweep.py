@@ -169,7 +169,6 @@ def decode_all(
             if on_done is not None:
                 on_done(i, gen, prefill.caches[i])
                 prefill.caches[i] = None
-        out = None
     return gens
 
 

@@ -241,9 +241,11 @@ def padded_attention(
     return out.reshape(batch, hq, q, d)
 
 
-def padded_bias(lengths: torch.Tensor, width: int, prefix: int, dtype: torch.dtype) -> torch.Tensor:
-    """(..., S) additive mask of padded per-head rows: head rows ``[0, lengths)`` and the decode rows
-    ``[prefix, S)`` visible (0), the padding between them -inf.
+def padded_bias(
+    lengths: torch.Tensor, width: int, prefix: int, steps: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """(..., S) additive mask of padded per-head rows: head rows ``[0, lengths)`` and the stored decode
+    rows ``[prefix, prefix + steps)`` visible (0); the padding and the room not yet written -inf.
 
     Parameters
     ----------
@@ -251,9 +253,11 @@ def padded_bias(lengths: torch.Tensor, width: int, prefix: int, dtype: torch.dty
         Stored prompt rows of each head (on the cache's device).
     width : int
         ``S``: the padded prompt width ``prefix`` plus the room for decode steps.
+    steps : int
+        Decode steps stored.
     """
     cols = torch.arange(width, device=lengths.device)
-    visible = (cols < lengths[..., None]) | (cols >= prefix)
+    visible = (cols < lengths[..., None]) | ((cols >= prefix) & (cols < prefix + steps))
     return torch.zeros(visible.shape, dtype=dtype, device=lengths.device).masked_fill_(
         ~visible, float("-inf")
     )

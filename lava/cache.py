@@ -102,9 +102,8 @@ class CompressedLayer(UnboundedLayer):
         self.row_head = torch.zeros(0, dtype=torch.long, device="cpu")  # (N,) KV head of each prompt row
         self.row_pos = torch.zeros(0, dtype=torch.long)  # (N,) token position of each prompt row
         self.row_rank = torch.zeros(0, dtype=torch.long)  # (N,) rank by score in its head; -1 = window
-        self.head_lens = torch.zeros(
-            0, dtype=torch.long, device="cpu"
-        )  # (Hkv,) host: read there once per layer
+        # (Hkv,) kept rows per head, on the host: read there, once per layer
+        self.head_lens = torch.zeros(0, dtype=torch.long, device="cpu")
         self.row_slot = torch.zeros(0, dtype=torch.long)  # (N,) index of each prompt row within its head
         self.kernel = MASKED_MATMUL  # decode kernel, and so the layout of keys/values
         self.width = 0  # padded layout: the longest head's prompt rows (decode step t at width + t)

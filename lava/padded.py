@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from lava.attention import causal_tail_bias, padded_attention
+from lava.attention import causal_tail_bias, padded_attention, padded_bias
 
 
 class PaddedStore:
@@ -52,11 +52,7 @@ class PaddedStore:
 
     def _make_views(self) -> None:
         """The mask (once per buffer); the per-step views follow at the first decode step."""
-        width, device = self.width, self.keys.device
-        cols = torch.arange(self.keys.shape[2], device=device)
-        visible = (cols < self.lens[..., None]) | ((cols >= width) & (cols < width + self.tail_len))
-        self.bias = torch.zeros(visible.shape, dtype=self.keys.dtype, device=device)
-        self.bias.masked_fill_(~visible, float("-inf"))
+        self.bias = padded_bias(self.lens, self.keys.shape[2], self.width, self.tail_len, self.keys.dtype)
         # The decode call sees one sequence of B * Hkv heads: the shapes of a single cache, whose SDPA
         # backend was measured (a batch dimension > 1 with a mask may take another backend).
         batch, hkv, width_all, d = self.keys.shape

@@ -89,15 +89,20 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("hq", "hkv", "d", "lens", "t", "q", "seed"), CASES)
-def test_packed_attention_matches_dense_masked_reference(hq, hkv, d, lens, t, q, seed):
+def case_tensors(hq, hkv, d, lens, t, q, seed):
+    """Per-head prompt keys and values, tail keys and values, and queries of one case of CASES."""
     gen = torch.Generator().manual_seed(seed)
-    scaling = 1.0 / math.sqrt(d)
     head_keys = [torch.randn(n, d, generator=gen) * 2 for n in lens]
     head_values = [torch.randn(n, d, generator=gen) for n in lens]
     tail_keys = torch.randn(hkv, t, d, generator=gen) * 2
     tail_values = torch.randn(hkv, t, d, generator=gen)
-    query = torch.randn(hq, q, d, generator=gen)
+    return head_keys, head_values, tail_keys, tail_values, torch.randn(hq, q, d, generator=gen)
+
+
+@pytest.mark.parametrize(("hq", "hkv", "d", "lens", "t", "q", "seed"), CASES)
+def test_packed_attention_matches_dense_masked_reference(hq, hkv, d, lens, t, q, seed):
+    scaling = 1.0 / math.sqrt(d)
+    head_keys, head_values, tail_keys, tail_values, query = case_tensors(hq, hkv, d, lens, t, q, seed)
     out = attend(query, head_keys, head_values, tail_keys, tail_values, scaling)
     ref = dense_reference(query, head_keys, head_values, tail_keys, tail_values, scaling)
     assert out.shape == (hq, q, d) and out.dtype == torch.float32
@@ -149,19 +154,14 @@ def test_padded_attention_matches_dense_masked_reference():
     from lava.attention import causal_tail_bias, padded_attention, padded_bias
 
     for hq, hkv, d, lens, t, q, seed in CASES:
-        gen = torch.Generator().manual_seed(seed)
         scaling = 1.0 / math.sqrt(d)
-        head_keys = [torch.randn(n, d, generator=gen) * 2 for n in lens]
-        head_values = [torch.randn(n, d, generator=gen) for n in lens]
-        tail_keys = torch.randn(hkv, t, d, generator=gen) * 2
-        tail_values = torch.randn(hkv, t, d, generator=gen)
-        query = torch.randn(hq, q, d, generator=gen)
+        head_keys, head_values, tail_keys, tail_values, query = case_tensors(hq, hkv, d, lens, t, q, seed)
         width = max(lens)
         keys, values = torch.zeros(hkv, width + t, d), torch.zeros(hkv, width + t, d)
         for h in range(hkv):
             keys[h, : lens[h]], values[h, : lens[h]] = head_keys[h], head_values[h]
         keys[:, width:], values[:, width:] = tail_keys, tail_values
-        bias = padded_bias(torch.tensor(lens), width + t, width, torch.float32)
+        bias = padded_bias(torch.tensor(lens), width + t, width, t, torch.float32)
         if q > 1:
             bias = causal_tail_bias(bias[:, :width], hq // hkv, q, t)
         else:
