@@ -8,9 +8,11 @@ that folder in about a second.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,16 +87,19 @@ def _converted_gguf_dir(spec: ModelSpec) -> Path:
         return target
     gguf = _gguf_file_path(spec.gguf_package, spec.gguf_file)
     print(f"[lava] converting {gguf.name} to safetensors in {target} (once, ~30 s)", flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # The de-quantised weights are plain fp32 tensors; drop the GGUF marker so they save as safetensors.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
+    # The conversion's progress bars go to stdout with the line above: stderr stays for errors, so a
+    # refused run on a fresh machine still ends with its one-line error (the tokenizer comes from here).
+    with contextlib.redirect_stderr(sys.stdout):
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The de-quantised weights are plain fp32 tensors; drop the GGUF marker so they save as safetensors.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)  # atomic: an interrupted conversion never leaves a half-written cache
     return target
