@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from eval import checks
 from eval.benchmarks.base import Benchmark, PromptContext, Sample
 from eval.generation import greedy_generate
-from eval.methods import build_method, canonical, instantiate_node, is_full
+from eval.method_configs import build_method, build_node, canonical, is_full
 from eval.perf.memory import kv_size
 from eval.provenance import git_commit, package_versions, peak_memory
 from eval.records import RecordWriter, load_records, write_json_atomic
@@ -92,7 +92,7 @@ def run_dir_for(cfg: DictConfig) -> Path:
 
 
 def build_benchmark(cfg: DictConfig) -> Benchmark:
-    bench = instantiate_node(cfg.bench, "bench")
+    bench = build_node(cfg.bench, "bench")
     if not isinstance(bench, Benchmark):
         raise UserError(f"bench {cfg.bench.name!r} does not build a Benchmark; check its _target_")
     return bench
@@ -108,10 +108,10 @@ def build_prompt_ids(sample: Sample, tokenizer: Any, spec: ModelSpec) -> list[in
     return tokenizer.encode(sample.prompt + sample.answer_prefix, add_special_tokens=True)
 
 
-def new_cache(method: Any, model: Any, max_new_tokens: int) -> Any:
+def build_generation_cache(method: Any, model: Any, max_new_tokens: int) -> Any:
     """The cache one generation fills: the method's compressing cache, or a plain DynamicCache."""
-    if method is not None and hasattr(method, "make_cache"):
-        return method.make_cache(model, max_new_tokens=max_new_tokens)
+    if method is not None and hasattr(method, "build_cache"):
+        return method.build_cache(model, max_new_tokens=max_new_tokens)
     from transformers import DynamicCache
 
     return DynamicCache(config=model.config)
@@ -151,13 +151,13 @@ def run(cfg: DictConfig) -> Any:
             # --- teacher-forced benchmarks (fidelity): scored in one prefill and two forwards, no decoding
             if getattr(bench, "teacher_forced", False):
                 record = bench.run_sample(
-                    model, new_cache(method, model, sample.max_new_tokens), prompt_ids, sample
+                    model, build_generation_cache(method, model, sample.max_new_tokens), prompt_ids, sample
                 )
                 writer.write(record)
                 new_records.append(record)
                 continue
             # --- end teacher-forced
-            cache = new_cache(method, model, sample.max_new_tokens)
+            cache = build_generation_cache(method, model, sample.max_new_tokens)
             gen = greedy_generate(
                 model,
                 input_ids,

@@ -5,7 +5,7 @@
 
 Per sample the prompt is prefilled once with full attention (:func:`lava.prefill.capture_prefill`);
 each distinct scorer runs once per layer; each configuration's cache is built from the shared
-prefill with its own allocation (:func:`lava.prefill.build_cache`); the compressed configurations
+prefill with its own allocation (:func:`lava.prefill.build_cache_from_capture`); the compressed configurations
 decode together, at most ``max_decode_batch`` per batch, and the full cache decodes alone over the
 prefill's ``DynamicCache`` (the captured keys and values themselves, no copy), first; each cache
 is freed as soon as its configuration is decoded and recorded. Each configuration writes exactly
@@ -26,7 +26,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from eval.generation import Generation, greedy_decode
-from eval.methods import build_method, configurations, resolve_budgets, resolve_methods, single_config
+from eval.method_configs import build_method, configurations, resolve_budgets, resolve_methods, single_config
 from eval.records import RecordWriter
 from eval.runner import (
     RunSummary,
@@ -109,7 +109,7 @@ class SharedPrefill:
 
 def shared_prefill(model: Any, input_ids: Any, methods: list[Any], reserve: int) -> SharedPrefill:
     """Prefill once and build the cache of every method (``None`` = the full cache)."""
-    from lava.prefill import build_cache, capture_prefill, score_methods, synchronize
+    from lava.prefill import build_cache_from_capture, capture_prefill, score_methods, synchronize
 
     compressing = [m for m in methods if m is not None]
     window = max((m.window for m in compressing), default=1)
@@ -123,7 +123,7 @@ def shared_prefill(model: Any, input_ids: Any, methods: list[Any], reserve: int)
         if method is None:
             caches.append(capture.to_dynamic(model))
         else:
-            caches.append(build_cache(method, capture, scored.get(scorer_key(method)), reserve))
+            caches.append(build_cache_from_capture(method, capture, scored.get(scorer_key(method)), reserve))
     capture.release()
     allocation = [getattr(c, "timings", {}).get("allocation", 0.0) for c in caches]
     return SharedPrefill(logits, caches, {"prefill": prefill, "scoring": scoring, "allocation": allocation})

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from eval.collect import FULL_METHOD, PERCENT_BENCHES, Run, RunSource, as_runs, kept_mean
-from eval.methods import display_order
+from eval.method_configs import display_order
 from eval.stats import bootstrap_ci
 
 METHOD_ORDER = tuple(display_order())  # from configs/method/: a new method appears without edits here

@@ -407,7 +407,7 @@ class CompressedCache(Cache):
     """Cache that compresses each layer right after its prefill, following a :class:`CompressionMethod`.
 
     The decisions (scores, layer and head caps) come from :mod:`lava.policy`; this class only
-    applies them to its layers. A cache built from a shared prefill (:func:`lava.prefill.build_cache`)
+    applies them to its layers. A cache built from a shared prefill (:func:`lava.prefill.build_cache_from_capture`)
     is the same object with every layer stored at once.
 
     Parameters

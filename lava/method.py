@@ -36,7 +36,7 @@ class CompressionMethod:
     Examples
     --------
     >>> method = CompressionMethod("snapkv", budget=128)            # doctest: +SKIP
-    >>> cache = method.make_cache(model, max_new_tokens=32)         # doctest: +SKIP
+    >>> cache = method.build_cache(model, max_new_tokens=32)         # doctest: +SKIP
     >>> from lava.compat import cache_kwargs  # `cache=` from transformers 5.24, `past_key_values=` before
     >>> model.generate(input_ids, **cache_kwargs(model, cache), max_new_tokens=32)  # doctest: +SKIP
     """
@@ -62,7 +62,7 @@ class CompressionMethod:
             check_field_types(getattr(self, part_name), f"method.{part_name}")
         self.scorer.bind(self.model_name, self.budget)
 
-    def make_cache(self, model: Any, max_new_tokens: int = 64) -> CompressedCache:
+    def build_cache(self, model: Any, max_new_tokens: int = 64) -> CompressedCache:
         """A fresh cache for one generation; switches ``model`` to the ``"lava"`` attention."""
         attention.enable(model)
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config

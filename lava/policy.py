@@ -5,7 +5,7 @@ One implementation serves both ways a cache is built:
 - online, by :class:`lava.cache.CompressedCache` during a single run's prefill: each layer is scored
   right after its full attention and handed to a :class:`BudgetPlan`, whose caps the cache applies
   (earlier layers only ever shrink);
-- offline, by a sweep (:func:`lava.prefill.build_cache`): one prefill keeps every layer's keys,
+- offline, by a sweep (:func:`lava.prefill.build_cache_from_capture`): one prefill keeps every layer's keys,
   values and window queries, each scorer runs once per layer (:func:`score_layer`, shared by every
   method with the same scorer), and one :class:`BudgetPlan` per (method, budget) replays exactly
   the same layer-by-layer allocation, so the kept entries are identical to the single run's.

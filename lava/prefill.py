@@ -4,7 +4,7 @@ Every method here prefills with full attention and differs only in what it keeps
 methods and budgets runs the prompt once through :class:`PrefillCapture` (full attention, exactly
 the computation of a single run's prefill), scores each layer once per distinct scorer
 (:func:`score_methods`), and builds each configuration's :class:`~lava.cache.CompressedCache` from
-the captured keys and values with :func:`build_cache` (its own layer and head allocation,
+the captured keys and values with :func:`build_cache_from_capture` (its own layer and head allocation,
 replaying the single run's online allocation, then packing). :meth:`PrefillCapture.to_dynamic`
 gives the full cache of the same prefill.
 
@@ -165,7 +165,7 @@ def score_methods(
     return scored, seconds
 
 
-def build_cache(
+def build_cache_from_capture(
     method: CompressionMethod,
     capture: PrefillCapture,
     scored: list[ScoredLayer] | None,

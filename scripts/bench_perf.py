@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # runnable as `python scripts/bench_perf.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from eval.methods import method_names, resolve_methods  # noqa: E402
+from eval.method_configs import method_names, resolve_methods  # noqa: E402
 from eval.perf.grid import CEILING, REFERENCE, aggregate, budget_sort, configurations, resolve_budget  # noqa: E402
 from eval.perf.report import COLUMNS  # noqa: E402
 from lava.errors import UserError  # noqa: E402

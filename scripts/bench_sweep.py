@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from eval.methods import display_order  # noqa: E402
+from eval.method_configs import display_order  # noqa: E402
 
 METHODS = display_order()  # every configs/method/*.yaml, the full cache first
 BUDGETS = [64, 128, 256]

@@ -20,10 +20,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from eval.methods import display_order  # noqa: E402
+from eval.method_configs import display_order  # noqa: E402
 from eval.stats import bootstrap_ci, paired_bootstrap_ci, separated  # noqa: E402
 
-METHODS = display_order()  # every method config (eval.methods), the full cache first
+METHODS = display_order()  # every method config (eval.method_configs), the full cache first
 METRICS = ["kl", "top1", "nll_delta", "attn_err"]
 
 

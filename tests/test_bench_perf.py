@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from eval.methods import method_names
+from eval.method_configs import method_names
 from eval.perf import grid as bench_perf
 from eval.perf.memory import kv_size
 

@@ -20,7 +20,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from eval.methods import compressing_methods, method_node
+from eval.method_configs import compressing_methods, method_node
 from lava.allocation import UniformHeadBudget, UniformLayerBudget
 from lava.method import CompressionMethod
 
@@ -80,7 +80,7 @@ PROMPT_LENGTHS = [1, 20, BUDGET, BUDGET + 1, 150]  # 1 token, < window, == budge
 @torch.no_grad()
 def run(model, method: CompressionMethod, n: int, new_tokens: int = 2):
     ids = torch.randint(0, model.config.vocab_size, (1, n), generator=torch.Generator().manual_seed(n))
-    cache = method.make_cache(model, max_new_tokens=new_tokens)
+    cache = method.build_cache(model, max_new_tokens=new_tokens)
     out = model(ids, past_key_values=cache, use_cache=True)
     report = cache.report()
     token = out.logits[0, -1].argmax().view(1, 1)

@@ -29,7 +29,7 @@ import random
 import pytest
 import torch
 
-from eval.methods import compressing_methods, make_method
+from eval.method_configs import build_named_method, compressing_methods
 from lava.allocation import PreferenceLayerBudget, UniformHeadBudget
 from lava.cache import SHRINK_SLACK
 from lava.compat import cache_kwargs
@@ -207,10 +207,10 @@ def test_switch_validation_and_monotone():
 
 def test_registered_as_a_method():
     assert "cake_cascading" in compressing_methods()
-    method = make_method("cake_cascading", 128)
+    method = build_named_method("cake_cascading", 128)
     assert method.layer_allocator == PreferenceLayerBudget(redistribute="even", cascading=True)
-    assert make_method("cake", 128).layer_allocator.cascading is False  # the default stays official
-    assert type(method.scorer) is type(make_method("cake", 128).scorer)
+    assert build_named_method("cake", 128).layer_allocator.cascading is False  # the default stays official
+    assert type(method.scorer) is type(build_named_method("cake", 128).scorer)
 
 
 # ------------------------------------------------------------------------------------------ end to end
@@ -258,9 +258,9 @@ def stored_rows(layer) -> int:
 
 
 def prefill(model, ids, name: str, budget: int):
-    method = make_method(name, budget, model_name="tiny-random")
+    method = build_named_method(name, budget, model_name="tiny-random")
     method.scorer = RecordingScorer(method.scorer)
-    cache = method.make_cache(model, max_new_tokens=4)
+    cache = method.build_cache(model, max_new_tokens=4)
     peaks = []  # per layer: rows held when its compression starts (its full prompt included)
     original = cache.compress_layer
 

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from test_cake_budgets import ref_cake_adjust_budgets
 
-from eval.methods import method_node
+from eval.method_configs import method_node
 from lava.compat import cache_kwargs
 
 PROMPT_TOKENS, BUDGET, WINDOW = 1467, 128, 32
@@ -40,7 +40,7 @@ def prompt(smollm2):
 
 def prefill(smollm2, prompt, method):
     model, _ = smollm2
-    cache = method.make_cache(model, max_new_tokens=1)
+    cache = method.build_cache(model, max_new_tokens=1)
     with torch.no_grad():
         model(prompt, use_cache=True, **cache_kwargs(model, cache))
     return cache

@@ -15,7 +15,7 @@ import torch
 from transformers import DynamicCache
 
 from eval.benchmarks.fidelity import compare, full_reference, measure
-from eval.methods import compressing_methods
+from eval.method_configs import compressing_methods
 from eval.metrics.fidelity import token_nll
 from lava.allocation import (
     EntropyLayerBudget,
@@ -88,7 +88,7 @@ def test_reference_logits_equal_one_uncompressed_forward(tiny):
 def test_nothing_evicted_means_perfect_fidelity(tiny, index):
     model, prompt, continuation = tiny
     method = methods(budget=PROMPT + 16)[index]
-    scores, _ = measure(model, prompt, continuation, method.make_cache(model, M))
+    scores, _ = measure(model, prompt, continuation, method.build_cache(model, M))
     assert scores["kl"] < 1e-9
     assert scores["top1"] == 1.0
     assert abs(scores["nll_delta"]) < 1e-5
@@ -107,8 +107,8 @@ def test_full_cache_is_exactly_the_reference(tiny):
 def test_reference_from_the_methods_prefill_equals_a_separate_one(tiny, index):
     model, prompt, continuation = tiny
     method = methods(budget=16)[index]
-    shared, _ = measure(model, prompt, continuation, method.make_cache(model, M))
-    cache = method.make_cache(model, M)
+    shared, _ = measure(model, prompt, continuation, method.build_cache(model, M))
+    cache = method.build_cache(model, M)
     ref = full_reference(model, prompt, continuation)
     with torch.no_grad():
         model(input_ids=prompt[None], past_key_values=cache, use_cache=True)
@@ -121,7 +121,7 @@ def test_reference_from_the_methods_prefill_equals_a_separate_one(tiny, index):
 def test_small_budget_moves_every_measure(tiny, index):
     model, prompt, continuation = tiny
     method = methods(budget=12)[index]
-    scores, seconds = measure(model, prompt, continuation, method.make_cache(model, M))
+    scores, seconds = measure(model, prompt, continuation, method.build_cache(model, M))
     assert scores["kl"] > 1e-6
     assert min(scores["attn_err_per_layer"]) > 1e-4
     assert 0.0 <= scores["top1"] <= 1.0
@@ -140,11 +140,11 @@ def smollm2_sample(smollm2):
 
 @pytest.mark.parametrize("name", CONFIG_METHODS)
 def test_smollm2_every_configured_method_is_exact_when_nothing_is_evicted(smollm2_sample, name):
-    from eval.methods import make_method
+    from eval.method_configs import build_named_method
 
     model, prompt, continuation = smollm2_sample
-    method = make_method(name, len(prompt) + 8)
-    scores, _ = measure(model, prompt, continuation, method.make_cache(model, 8))
+    method = build_named_method(name, len(prompt) + 8)
+    scores, _ = measure(model, prompt, continuation, method.build_cache(model, 8))
     assert scores["kl"] < 1e-8 and scores["top1"] == 1.0 and abs(scores["nll_delta"]) < 1e-4
     assert max(scores["attn_err_per_layer"]) < 1e-4
 
@@ -153,7 +153,7 @@ def _prefilled(model, prompt, budget: int) -> list:
     """Every test method's cache and a full ``DynamicCache``, each prefilled with ``prompt``."""
     from lava.attention import enable
 
-    caches = [m.make_cache(model, M) for m in methods(budget)] + [DynamicCache(config=model.config)]
+    caches = [m.build_cache(model, M) for m in methods(budget)] + [DynamicCache(config=model.config)]
     enable(model)
     with torch.no_grad():
         for cache in caches:

@@ -13,7 +13,7 @@ and one at or above it (everything kept):
 
 * scoring, layer and head allocation and cache building from a shared prefill
   (:func:`lava.prefill.capture_prefill`, :func:`~lava.prefill.score_methods`,
-  :func:`~lava.prefill.build_cache`), on an 8-layer model where LAVa's entropy allocation lowers the
+  :func:`~lava.prefill.build_cache_from_capture`), on an 8-layer model where LAVa's entropy allocation lowers the
   caps of earlier layers as later layers arrive;
 * a single run: online compression inside the model's forward (``attn_implementation="lava"``)
   and its batch-1 decode;
@@ -35,12 +35,12 @@ import pytest
 import torch
 
 from eval.generation import greedy_decode, greedy_generate
-from eval.methods import compressing_methods, make_method
+from eval.method_configs import build_named_method, compressing_methods
 from eval.sweep import decode_all, shared_prefill
 from lava.batch import BatchedCache
 from lava.compat import cache_kwargs
 from lava.policy import BudgetPlan, scorer_key
-from lava.prefill import build_cache, capture_prefill, score_methods
+from lava.prefill import build_cache_from_capture, capture_prefill, score_methods
 
 METHODS = compressing_methods()  # a new method config is covered here unedited
 PROMPT = 100  # tokens; the configs fix window = 32
@@ -132,7 +132,7 @@ def shared_build(model, prompt, method) -> tuple[list, list, int]:
             for j in plan.add(layer):
                 if j < index and before[j] is not None and bool((plan.caps[j] < before[j]).any()):
                     lowered += 1
-    cache = build_cache(method, capture, layers, reserve=NEW_TOKENS)
+    cache = build_cache_from_capture(method, capture, layers, reserve=NEW_TOKENS)
     assert_on_cpu(cache)
     caps = [c.tolist() for c in cache.plan.caps] if layers is not None else []
     return kept_positions(cache), caps, lowered
@@ -141,7 +141,7 @@ def shared_build(model, prompt, method) -> tuple[list, list, int]:
 @pytest.mark.parametrize("budget", BUDGETS)
 @pytest.mark.parametrize("name", METHODS)
 def test_scoring_allocation_and_building(model, prompt, name, budget):
-    method = make_method(name, budget)
+    method = build_named_method(name, budget)
     expected = shared_build(model, prompt, method)
     with foreign_default_device():
         kept, caps, lowered = shared_build(model, prompt, method)
@@ -159,7 +159,7 @@ def test_scoring_allocation_and_building(model, prompt, name, budget):
 
 
 def single_run(model, prompt, method):
-    cache = method.make_cache(model, max_new_tokens=NEW_TOKENS)
+    cache = method.build_cache(model, max_new_tokens=NEW_TOKENS)
     gen = greedy_generate(
         model, prompt, max_new_tokens=NEW_TOKENS, stop_ids=[], cache=cache, min_new_tokens=0
     )
@@ -170,7 +170,7 @@ def single_run(model, prompt, method):
 @pytest.mark.parametrize("budget", BUDGETS)
 @pytest.mark.parametrize("name", METHODS)
 def test_single_run_online_compression(model, prompt, name, budget):
-    method = make_method(name, budget)
+    method = build_named_method(name, budget)
     expected = single_run(model, prompt, method)
     with foreign_default_device():
         got = single_run(model, prompt, method)
@@ -184,7 +184,7 @@ def test_single_run_online_compression(model, prompt, name, budget):
 def built_caches(model, prompt, methods):
     capture, logits = capture_prefill(model, prompt, max(m.window for m in methods))
     scored, _ = score_methods(capture, methods)
-    caches = [build_cache(m, capture, scored.get(scorer_key(m)), NEW_TOKENS) for m in methods]
+    caches = [build_cache_from_capture(m, capture, scored.get(scorer_key(m)), NEW_TOKENS) for m in methods]
     capture.release()
     return logits, caches
 
@@ -207,7 +207,7 @@ def a_stop_that_splits(rows: list[list[int]]) -> int:
 
 @pytest.mark.parametrize("budget", BUDGETS)
 def test_batched_decode(model, prompt, budget):
-    methods = [make_method(name, budget) for name in METHODS]
+    methods = [build_named_method(name, budget) for name in METHODS]
     free = [tokens for tokens, _, _ in batched_decode(model, prompt, methods, [])]
     if budget >= PROMPT:  # nothing evicted: every row is the full cache and all stop together
         assert all(tokens == free[0] for tokens in free)
@@ -231,7 +231,7 @@ def teacher_forced(model, prompt, methods, continuation):
 
 @pytest.mark.parametrize("budget", BUDGETS)
 def test_teacher_forced_batch(model, prompt, budget):
-    methods = [make_method(name, budget) for name in METHODS]
+    methods = [build_named_method(name, budget) for name in METHODS]
     continuation = torch.tensor([[5, 17, 42]], device="cpu")
     expected = teacher_forced(model, prompt, methods, continuation)
     with foreign_default_device():
@@ -252,7 +252,7 @@ def sweep_step(model, prompt, methods):
 
 @pytest.mark.parametrize("budget", BUDGETS)
 def test_sweep_step(model, prompt, budget):
-    methods = [make_method(name, budget) for name in METHODS] + [None]  # None: the full cache
+    methods = [build_named_method(name, budget) for name in METHODS] + [None]  # None: the full cache
     expected = sweep_step(model, prompt, methods)
     with foreign_default_device():
         got = sweep_step(model, prompt, methods)

@@ -376,10 +376,10 @@ def test_token_identity_fails_a_cache_that_attends_wrongly(monkeypatch):
             return {"compressed": False}
 
     class SkewedMethod:
-        def make_cache(self, model, max_new_tokens):
+        def build_cache(self, model, max_new_tokens):
             return SkewedCache(config=model.config)
 
-    monkeypatch.setattr(tokens, "make_method", lambda *args: SkewedMethod())
+    monkeypatch.setattr(tokens, "build_named_method", lambda *args: SkewedMethod())
     model = random_llama(TINY, torch.float32, "cpu")
     ids = torch.randint(0, TINY["vocab_size"], (1, 40), generator=torch.Generator().manual_seed(0))
     (row,) = tokens.token_identity(model, "tiny", ids, ["skewed"], "cpu", [torch.float32], 6)

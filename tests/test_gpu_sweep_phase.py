@@ -18,7 +18,7 @@ import torch
 from eval.gpu_check.clock import Clock
 from eval.gpu_check.models import TINY, random_llama
 from eval.gpu_check.sweep import CPU_SMALL_ESTIMATE_S, SMALL_SIZES, add_ratios, run_sweep_phase, summary_lines
-from eval.methods import compressing_methods, make_method
+from eval.method_configs import build_named_method, compressing_methods
 from lava.errors import UserError
 
 GIB = 2**30
@@ -161,8 +161,8 @@ def test_each_cache_is_dropped_once_decoded_full_first(tiny):
     from eval.sweep import decode_all, shared_prefill
 
     model, ids = tiny
-    methods = [make_method(name, 40) for name in ("snapkv", "lava")]
-    swept = [*methods, None, make_method("adakv", 56)]  # the full cache in the middle of the list
+    methods = [build_named_method(name, 40) for name in ("snapkv", "lava")]
+    swept = [*methods, None, build_named_method("adakv", 56)]  # the full cache in the middle of the list
     kept = shared_prefill(model, ids, swept, 6)
     expected = decode_all(model, kept, swept, 6, [], 6, max_batch=2)
     assert all(c is not None for c in kept.caches)  # without on_done every cache stays

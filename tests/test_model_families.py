@@ -124,7 +124,7 @@ def test_no_eviction_is_token_identical_to_dynamic_cache(family_model, make, n):
     ref_generated = generate(model, ids)
 
     method = make(budget=24, window=4)
-    cache = method.make_cache(model, max_new_tokens=NEW_TOKENS)
+    cache = method.build_cache(model, max_new_tokens=NEW_TOKENS)
     assert model.config._attn_implementation == "lava"
     tokens, logits = greedy_loop(model, ids, cache)
     assert tokens == ref_tokens
@@ -133,7 +133,7 @@ def test_no_eviction_is_token_identical_to_dynamic_cache(family_model, make, n):
     assert cache.kept_per_head() == [[n] * kv_heads(model)] * model.config.num_hidden_layers
     assert cache.get_seq_length() == n + NEW_TOKENS
 
-    cache = method.make_cache(model, max_new_tokens=NEW_TOKENS)
+    cache = method.build_cache(model, max_new_tokens=NEW_TOKENS)
     generated = generate(model, ids, cache)
     assert torch.equal(generated, ref_generated)
     assert generated.shape[1] == n + NEW_TOKENS
@@ -151,7 +151,7 @@ def test_small_budget_compresses_and_generates(family_model, make):
         full_logits = model(ids, past_key_values=full_cache(model), use_cache=True).logits
 
     method = make(budget=budget, window=window)
-    cache = method.make_cache(model, max_new_tokens=NEW_TOKENS)
+    cache = method.build_cache(model, max_new_tokens=NEW_TOKENS)
     with torch.no_grad():
         prefill_logits = model(ids, past_key_values=cache, use_cache=True).logits
     # prefill attention is full (the same SDPA over the same tensors): eviction only changes what is stored
@@ -166,15 +166,15 @@ def test_small_budget_compresses_and_generates(family_model, make):
     assert cache.get_seq_length() == n
 
     # decode through the compressed cache: the logical length keeps counting every token
-    tokens, logits = greedy_loop(model, ids, method.make_cache(model, max_new_tokens=2), steps=NEW_TOKENS)
+    tokens, logits = greedy_loop(model, ids, method.build_cache(model, max_new_tokens=2), steps=NEW_TOKENS)
     assert torch.isfinite(logits).all()
-    cache = method.make_cache(model, max_new_tokens=2)  # a small reserve: the tail has to grow
+    cache = method.build_cache(model, max_new_tokens=2)  # a small reserve: the tail has to grow
     loop_tokens, _ = greedy_loop(model, ids, cache, steps=NEW_TOKENS)
     assert cache.get_seq_length() == n + NEW_TOKENS
     assert loop_tokens == tokens
     assert cache.report()["kept_entries"] == report["kept_entries"]  # the tail is not prompt storage
 
-    cache = method.make_cache(model, max_new_tokens=NEW_TOKENS)
+    cache = method.build_cache(model, max_new_tokens=NEW_TOKENS)
     generated = generate(model, ids, cache)
     assert generated.shape == (1, n + NEW_TOKENS)
     assert generated[0, n:].tolist() == tokens  # generate() and the hand loop agree on the compressed cache
@@ -188,7 +188,7 @@ def test_compressed_cache_rejects_batches_and_non_lava_attention():
     model = AutoModelForCausalLM.from_config(_config("llama"), attn_implementation="sdpa").eval()
     method = lava_method(16, 4)
     with pytest.raises(ValueError, match="batch size 1"), torch.no_grad():
-        model(prompt(10, 1).repeat(2, 1), past_key_values=method.make_cache(model))
+        model(prompt(10, 1).repeat(2, 1), past_key_values=method.build_cache(model))
     # a cache built by hand on a model still using sdpa: prefill is never compressed -> clear error on decode
     model.set_attn_implementation("sdpa")
     cache = CompressedCache(method, model.config.num_hidden_layers)

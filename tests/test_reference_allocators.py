@@ -628,7 +628,7 @@ def test_cache_keeps_exactly_the_reference_positions(llama_refs, name, setting):
 
     method = build_method(name, budget, window)
     method.scorer = RecordingScorer(method.scorer)  # the cache frees its copy of the scores at the end
-    cache = method.make_cache(model, max_new_tokens=4)
+    cache = method.build_cache(model, max_new_tokens=4)
     with torch.no_grad():
         model(ids, past_key_values=cache, use_cache=True)
 

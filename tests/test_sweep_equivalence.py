@@ -17,7 +17,7 @@ import torch
 from transformers import DynamicCache
 
 from eval.generation import greedy_generate
-from eval.methods import compressing_methods, make_method
+from eval.method_configs import build_named_method, compressing_methods
 from eval.sweep import decode_all, shared_prefill
 from lava.allocation import EntropyLayerBudget
 from lava.models import newline_token_id
@@ -37,7 +37,7 @@ class OnceEntropyBudget(EntropyLayerBudget):
 
 
 def build(name: str, budget: int):
-    return make_method(name, budget)
+    return build_named_method(name, budget)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_sweep_equals_single_runs(smollm2, methods):
         input_ids = torch.tensor([ids])
         singles = []
         for method in methods:
-            cache = method.make_cache(model, NEW_TOKENS)
+            cache = method.build_cache(model, NEW_TOKENS)
             gen = greedy_generate(
                 model, input_ids, max_new_tokens=NEW_TOKENS, stop_ids=stops, cache=cache, min_new_tokens=0
             )
@@ -111,7 +111,7 @@ def test_sweep_equals_single_runs(smollm2, methods):
 
 def _first_layer_pending(model, method, input_ids) -> tuple[list[bool], object]:
     """Per compress_layer call: whether layer 0 still holds its uncompressed prompt afterwards."""
-    cache = method.make_cache(model, 2)
+    cache = method.build_cache(model, 2)
     pending = []
     compress = cache.compress_layer
 
@@ -152,7 +152,7 @@ def test_multi_token_forward_matches_step_by_step(smollm2, methods):
     method = methods[0]
     logits = []
     for chunks in ([continuation], list(continuation.split(1, dim=1))):
-        cache = method.make_cache(model, 2)  # a small reserve: the tail grows while feeding
+        cache = method.build_cache(model, 2)  # a small reserve: the tail grows while feeding
         with torch.inference_mode():
             model(input_ids=input_ids, **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1)
             out = [model(input_ids=c, **cache_kwargs(model, cache), use_cache=True).logits for c in chunks]
@@ -176,7 +176,7 @@ def test_padded_layout_sweep_equals_single_runs(monkeypatch, smollm2):
     with force_decode_kernel("sdpa-padded"):
         singles = []
         for method in methods:
-            cache = method.make_cache(model, NEW_TOKENS)
+            cache = method.build_cache(model, NEW_TOKENS)
             gen = greedy_generate(
                 model, input_ids, max_new_tokens=NEW_TOKENS, stop_ids=stops, cache=cache, min_new_tokens=0
             )

@@ -29,7 +29,7 @@ def table_of(root, bench):
 def test_bench_table_values_full_row_repeated_and_best(tmp_path):
     table = table_of(toy_root(tmp_path), "toy")
     frame = table.frame
-    # row order from the method registry (eval.methods.display_order): full first, then by name
+    # row order from the method registry (eval.method_configs.display_order): full first, then by name
     assert list(zip(frame["budget"], frame["method"])) == [
         (64, "full"), (64, "lava"), (64, "snapkv"), (128, "full"), (128, "lava"), (128, "snapkv"),
     ]  # fmt: skip

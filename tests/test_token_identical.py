@@ -10,14 +10,14 @@ import torch
 from transformers import DynamicCache
 
 from eval.generation import greedy_generate
-from eval.methods import compressing_methods, make_method
+from eval.method_configs import build_named_method, compressing_methods
 
 METHODS = compressing_methods()  # the registry: a new configs/method/*.yaml is tested here unedited
 NEW_TOKENS = 12
 
 
 def build_method(name: str, budget: int):
-    return make_method(name, budget)
+    return build_named_method(name, budget)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_runner_loop_identical_to_full(smollm2, prompt, full_tokens, name):
     model, _ = smollm2
     method = build_method(name, budget=4096)
     assert prompt.shape[1] <= method.budget
-    cache = method.make_cache(model, max_new_tokens=NEW_TOKENS)
+    cache = method.build_cache(model, max_new_tokens=NEW_TOKENS)
     gen = greedy_generate(
         model, prompt, max_new_tokens=NEW_TOKENS, stop_ids=[], cache=cache, min_new_tokens=0
     )
@@ -75,7 +75,7 @@ def test_generate_identical_to_full(smollm2, prompt, full_generate_tokens, name)
     method = build_method(name, budget=4096)
     out = model.generate(
         prompt,
-        past_key_values=method.make_cache(model, max_new_tokens=NEW_TOKENS),
+        past_key_values=method.build_cache(model, max_new_tokens=NEW_TOKENS),
         max_new_tokens=NEW_TOKENS,
         min_new_tokens=NEW_TOKENS,
         do_sample=False,
@@ -87,7 +87,7 @@ def test_compressed_generate_matches_runner_loop(smollm2, prompt):
     """With real eviction, generate() and the runner's loop use the same cache logic: same tokens."""
     model, _ = smollm2
     method = build_method("lava", budget=64)
-    cache = method.make_cache(model, max_new_tokens=NEW_TOKENS)
+    cache = method.build_cache(model, max_new_tokens=NEW_TOKENS)
     eos = model.generation_config.eos_token_id
     eos = eos if isinstance(eos, list) else [eos]
     # Stop tokens suppressed at every step on both sides, as generate(min_new_tokens=N) does.
@@ -97,7 +97,7 @@ def test_compressed_generate_matches_runner_loop(smollm2, prompt):
     assert cache.compressed and cache.report()["kept_entries"] <= 30 * 3 * 64
     out = model.generate(
         prompt,
-        past_key_values=method.make_cache(model, max_new_tokens=NEW_TOKENS),
+        past_key_values=method.build_cache(model, max_new_tokens=NEW_TOKENS),
         max_new_tokens=NEW_TOKENS,
         min_new_tokens=NEW_TOKENS,
         do_sample=False,
@@ -117,7 +117,7 @@ def test_padded_layout_gives_the_runner_loops_tokens(monkeypatch, smollm2, promp
     tokens = {}
     for kernel in ("masked-matmul", "sdpa-padded"):
         monkeypatch.setattr(lava.cache, "PAD_SLACK", 100.0)  # pad however uneven the heads are
-        cache = build_method(name, budget).make_cache(model, max_new_tokens=4)  # grows past the reserve
+        cache = build_method(name, budget).build_cache(model, max_new_tokens=4)  # grows past the reserve
         with force_decode_kernel(kernel):
             gen = greedy_generate(
                 model, prompt, max_new_tokens=NEW_TOKENS, stop_ids=[], cache=cache, min_new_tokens=0

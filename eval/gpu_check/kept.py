@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from eval.gpu_check.methods import make_method
+from eval.gpu_check.methods import build_named_method
 from lava.attention import lava_attention_forward
 
 RECORD_NAME = "gpu_check_record"
@@ -59,7 +59,7 @@ def record_layers(
 @torch.inference_mode()
 def replay(method: Any, model: Any, layers: list, device: str) -> list[list[torch.Tensor]]:
     """Kept prompt positions per layer and KV head when ``layers`` are compressed on ``device``."""
-    cache = method.make_cache(model, max_new_tokens=1)
+    cache = method.build_cache(model, max_new_tokens=1)
     for i, (query, keys, values, scale) in enumerate(layers):
         k, v = cache.update(keys[None].to(device), values[None].to(device), i)
         lava_attention_forward(None, query[None].to(device), k, v, None, scaling=scale)
@@ -139,9 +139,9 @@ def kept_entries_check(
             if not fits(f"kept entries {name} @ {budget}", 1.5 * longest):
                 continue
             t0 = time.perf_counter()
-            method = make_method(name, budget, model_name)
+            method = build_named_method(name, budget, model_name)
             on_cpu = replay(method, model, layers, "cpu")
-            on_device = replay(make_method(name, budget, model_name), model, layers, device)
+            on_device = replay(build_named_method(name, budget, model_name), model, layers, device)
             window = method.window
             with torch.inference_mode():
                 scores = [method.scorer(q[:, -window:], k, v, window, s).scores for q, k, v, s in layers]

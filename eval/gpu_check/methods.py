@@ -1,10 +1,10 @@
-"""The methods the GPU check runs: every method of the registry (eval.methods), a subset for the speed grid."""
+"""The methods the GPU check runs: every method of the registry (eval.method_configs), a subset for the speed grid."""
 
 from __future__ import annotations
 
-from eval.methods import compressing_methods, make_method
+from eval.method_configs import build_named_method, compressing_methods
 
-__all__ = ["PERF_METHODS", "compressing_methods", "make_method"]
+__all__ = ["PERF_METHODS", "compressing_methods", "build_named_method"]
 
 # The speed grid's methods, in the GPU issues' order (each point costs device time); the correctness
 # checks run every compressing method of the registry. `cake_cascading` (CAKE evicting as layers

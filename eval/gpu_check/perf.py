@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from eval.gpu_check.methods import make_method
+from eval.gpu_check.methods import build_named_method
 from eval.perf.memory import kv_size
 from lava import attention
 from lava.compat import cache_kwargs
@@ -171,7 +171,9 @@ def prefill(
     if name in (FULL, CEILING):
         cache = DynamicCache(config=model.config)
     else:
-        cache = make_method(name, budget, model_name).make_cache(model, max_new_tokens=decode_steps + 1)
+        cache = build_named_method(name, budget, model_name).build_cache(
+            model, max_new_tokens=decode_steps + 1
+        )
         if hasattr(cache, "compress_layer"):  # per-layer compression, timed from outside the library
             cache.compress_layer = _timed(cache.compress_layer, compress, device)
         else:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from eval.generation import greedy_generate
-from eval.gpu_check.methods import make_method
+from eval.gpu_check.methods import build_named_method
 from lava.attention import decode_kernel
 from lava.compat import cache_kwargs
 
@@ -111,12 +111,12 @@ def token_identity(
             if not fits(f"token identity {name} {dtype}", 1.5 * longest):
                 continue
             t0 = time.perf_counter()
-            method = make_method(name, prompt, model_name)
-            cache = method.make_cache(model, max_new_tokens=new_tokens)
+            method = build_named_method(name, prompt, model_name)
+            cache = method.build_cache(model, max_new_tokens=new_tokens)
             out = _greedy(model, dev_ids, new_tokens, cache)
             compressed = bool(cache.report()["compressed"])
             forced = teacher_forced_logits(
-                model, dev_ids, ref, method.make_cache(model, max_new_tokens=new_tokens)
+                model, dev_ids, ref, method.build_cache(model, max_new_tokens=new_tokens)
             )
             logit_err = float((forced - ref_logits).abs().max()) / ref_std
             first = next((i for i, (a, b) in enumerate(zip(ref, out)) if a != b), None)

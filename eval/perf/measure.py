@@ -6,7 +6,7 @@ import os
 import time
 from typing import Any
 
-from eval.methods import make_method
+from eval.method_configs import build_named_method
 from eval.perf.grid import CEILING, REFERENCE
 from eval.perf.memory import RssSampler, kv_size, release_memory
 
@@ -43,7 +43,9 @@ class Runner:
     def method(self, name: str, budget: int | None) -> Any:
         key = (name, budget or 0)
         if key not in self._methods:
-            self._methods[key] = make_method(name, budget, self.model_name) if name != REFERENCE[0] else None
+            self._methods[key] = (
+                build_named_method(name, budget, self.model_name) if name != REFERENCE[0] else None
+            )
         return self._methods[key]
 
     def run(
@@ -69,7 +71,7 @@ class Runner:
                 model.set_attn_implementation(attn)
             cache = DynamicCache(config=model.config)
         else:
-            cache = method.make_cache(model, max_new_tokens=new_tokens)
+            cache = method.build_cache(model, max_new_tokens=new_tokens)
         # Process CPU time (all threads) of the prefill and of the decode: the first forward call is the
         # prefill; less sensitive than wall time to other processes competing for the cores.
         cpu_marks: list[float] = []

@@ -2,7 +2,7 @@
 
 For one cache (what the benchmark does, one prefill in all)::
 
-    scores, seconds = measure(model, prompt_ids, continuation_ids, method.make_cache(model, m))
+    scores, seconds = measure(model, prompt_ids, continuation_ids, method.build_cache(model, m))
 
 For many caches of one sample (a sweep that prefills once and builds every method's cache)::
 

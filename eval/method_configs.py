@@ -104,10 +104,10 @@ def build_method(cfg: DictConfig) -> Any:
     """The compression method of a single-run config, or None for the full cache."""
     if is_full(cfg.method):
         return None
-    return instantiate_node(cfg.method, "method")
+    return build_node(cfg.method, "method")
 
 
-def instantiate_node(node: DictConfig, group: str) -> Any:
+def build_node(node: DictConfig, group: str) -> Any:
     """Build the object of a config node (method, bench), any constructor failure a one-line UserError."""
     from hydra.utils import instantiate
 
@@ -122,7 +122,7 @@ def instantiate_node(node: DictConfig, group: str) -> Any:
         raise UserError(f"bad {group} config ({node.name}): {root}".splitlines()[0]) from None
 
 
-def make_method(name: str, budget: int | None, model_name: str | None = None) -> Any:
+def build_named_method(name: str, budget: int | None, model_name: str | None = None) -> Any:
     """The compression method ``configs/method/<name>.yaml`` builds at ``budget`` (None for the full cache).
 
     The one way to build a method outside a Hydra run (perf benchmarks, scripts, tests): the
