@@ -39,7 +39,7 @@ from lava.attention import (
 )
 from lava.compat import require_transformers
 from lava.padded import PaddedStore
-from lava.policy import BudgetPlan, evicts, keep_all_ranks, kept_entries, ranks_by_score, score_layer
+from lava.policy import BudgetPlan, ScoredLayer, evicts, keep_all_ranks, kept_entries, score_layer
 
 require_transformers()  # before the import below, which fails on transformers without CacheLayerMixin
 from transformers.cache_utils import Cache, CacheLayerMixin  # noqa: E402
@@ -131,9 +131,7 @@ class CompressedLayer(UnboundedLayer):
         if key_states.shape[0] != 1:
             raise ValueError("CompressedCache supports batch size 1; run samples one at a time")
         if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-            self.full_keys, self.full_values = key_states[0], value_states[0]
-            self.num_kv_heads = key_states.shape[1]
+            self.take_prompt(key_states[0], value_states[0])
         elif self.full_keys is not None:
             raise RuntimeError(
                 "layer was not compressed after prefill: the model must use attn_implementation='lava' "
@@ -147,6 +145,20 @@ class CompressedLayer(UnboundedLayer):
 
     def reset(self) -> None:
         self.__init__(self.parent, self.layer_idx)
+
+    def take_prompt(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Hold the whole prompt's ``keys`` and ``values`` (Hkv, n, d) until :meth:`store` picks the kept
+        entries. Does not count the tokens: :meth:`update` adds them, a cache built from a shared
+        prefill sets ``seq_len`` itself (:meth:`CompressedCache.store_prefill`)."""
+        self.lazy_initialization(keys, values)
+        self.full_keys, self.full_values = keys, values
+        self.num_kv_heads = keys.shape[0]
+
+    def store_whole_prompt(self, reserve: int) -> None:
+        """Keep every prompt entry (the prompt fits the budget: nothing to evict)."""
+        hkv, n, _ = self.full_keys.shape
+        device = self.full_keys.device
+        self.store(keep_all_ranks(hkv, n, device), torch.zeros(hkv, dtype=torch.long, device=device), reserve)
 
     # -- storage ------------------------------------------------------------------------------------------
     @property
@@ -452,15 +464,11 @@ class CompressedCache(Cache):
     @torch.no_grad()
     def compress_layer(self, layer_idx: int, query: torch.Tensor, scaling: float) -> None:
         layer = self.layers[layer_idx]
-        hkv, n, _ = layer.full_keys.shape
+        n = layer.full_keys.shape[1]
         self.prompt_len = n
         t0, c0 = time.perf_counter(), time.process_time()
         if not evicts(self.method, n):  # nothing to evict: keep the whole prompt
-            layer.store(
-                keep_all_ranks(hkv, n, layer.full_keys.device),
-                torch.zeros(hkv, dtype=torch.long, device=layer.full_keys.device),
-                self.reserve,
-            )
+            layer.store_whole_prompt(self.reserve)
             self._add_time("allocation", t0, c0)
             return
         self.compressed = True
@@ -475,6 +483,41 @@ class CompressedCache(Cache):
         self.timings[part] += wall - wall0
         self.timings[f"{part}_cpu"] += cpu - cpu0
         return wall, cpu
+
+    @torch.no_grad()
+    def store_prefill(
+        self, keys: list[torch.Tensor], values: list[torch.Tensor], scored: list[ScoredLayer] | None
+    ) -> None:
+        """Fill every layer at once from a prefill done elsewhere (:func:`lava.prefill.build_cache_from_capture`).
+
+        The layers are allocated in order through the same :class:`~lava.policy.BudgetPlan` as the
+        online path, and each is stored once with its final caps, so the kept entries equal those
+        of a cache compressed during its own prefill.
+
+        Parameters
+        ----------
+        keys, values : list of Tensor, shape (Hkv, n, d)
+            Each layer's whole prompt (post-RoPE keys). Not modified: the stored entries are copies.
+        scored : list of ScoredLayer or None
+            The method's scorer on every layer; None when the prompt fits the budget. Shared with
+            other caches: its ranks are read, never released here.
+        """
+        n = keys[0].shape[1]
+        self.prompt_len = n
+        caps = None
+        if evicts(self.method, n):
+            self.compressed = True
+            for layer_scores in scored:
+                self.plan.add(layer_scores)
+            caps = self.plan.final_caps()
+        for j, layer in enumerate(self.layers):
+            layer.take_prompt(keys[j], values[j])
+            layer.seq_len = n
+            if caps is None:
+                layer.store_whole_prompt(self.reserve)
+            else:
+                layer.prefix_kept = caps[j]
+                layer.store(scored[j].ranks, caps[j], self.reserve)
 
     def apply_plan(self, changed: list[int], last: bool) -> None:
         """Store newly allocated layers and lower the caps of earlier ones (repacked lazily)."""
@@ -528,8 +571,3 @@ class CompressedCache(Cache):
             "entry_bytes": self.layers[0].entry_bytes,
             "compressed": self.compressed,
         }
-
-
-# Kept for callers of the earlier names.
-_kept = kept_entries
-_ranks = ranks_by_score

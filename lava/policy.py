@@ -140,14 +140,6 @@ class BudgetPlan:
         return list(self.caps)
 
 
-def plan_budgets(method: CompressionMethod, layers: list[ScoredLayer]) -> BudgetPlan:
-    """The completed :class:`BudgetPlan` of ``method`` over all ``layers`` (what a single run would do)."""
-    plan = BudgetPlan(method, len(layers))
-    for layer in layers:
-        plan.add(layer)
-    return plan
-
-
 def kept_entries(rank: torch.Tensor, caps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(heads, positions) of the entries with ``rank[h, p] < caps[h]``, head-major and sorted by position.
 

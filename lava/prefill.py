@@ -18,15 +18,15 @@ import time
 from typing import Any
 
 import torch
-from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers.cache_utils import Cache
 
 from lava import attention
-from lava.cache import CompressedCache
+from lava.cache import CompressedCache, UnboundedLayer
 from lava.method import CompressionMethod
-from lava.policy import ScoredLayer, evicts, keep_all_ranks, score_layer, scorer_key
+from lava.policy import ScoredLayer, evicts, score_layer, scorer_key
 
 
-class CaptureLayer(CacheLayerMixin):
+class CaptureLayer(UnboundedLayer):
     """One layer of a :class:`PrefillCapture`: the prompt's keys, values and last queries."""
 
     is_sliding = False
@@ -60,15 +60,6 @@ class CaptureLayer(CacheLayerMixin):
         self.query_window = query[0, :, -self.window :].clone()
         self.scaling = scaling
         return attention.full_prefill_attention(query, self.full_keys[None], self.full_values[None], scaling)
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.seq_len + query_length, 0
-
-    def get_seq_length(self) -> int:
-        return self.seq_len
-
-    def get_max_length(self) -> int:
-        return -1
 
     def reset(self) -> None:
         self.__init__(self.window)
@@ -181,31 +172,13 @@ def build_cache_from_capture(
         Decode entries preallocated per head (``max_new_tokens``).
     """
     t0 = time.perf_counter()
-    num_layers = len(capture.layers)
-    cache = CompressedCache(method, num_layers, reserve=reserve)
-    n = capture.prompt_len
-    cache.prompt_len = n
-    compress = evicts(method, n)
-    if compress:
-        cache.compressed = True
-        for layer in scored:
-            cache.plan.add(layer)
-        caps = cache.plan.final_caps()
+    cache = CompressedCache(method, len(capture.layers), reserve=reserve)
     with torch.inference_mode():
-        for j, (source, layer) in enumerate(zip(capture.layers, cache.layers)):
-            layer.lazy_initialization(source.full_keys, source.full_values)
-            layer.num_kv_heads, layer.seq_len = source.full_keys.shape[0], n
-            layer.full_keys, layer.full_values = source.full_keys, source.full_values
-            if compress:
-                layer.prefix_kept = caps[j]
-                layer.store(scored[j].ranks, caps[j], reserve)
-            else:
-                hkv = layer.num_kv_heads
-                layer.store(
-                    keep_all_ranks(hkv, n, source.full_keys.device),
-                    torch.zeros(hkv, dtype=torch.long, device=source.full_keys.device),
-                    reserve,
-                )
+        cache.store_prefill(
+            [layer.full_keys for layer in capture.layers],
+            [layer.full_values for layer in capture.layers],
+            scored,
+        )
     synchronize(capture.layers[0].full_keys)
     cache.timings["allocation"] = time.perf_counter() - t0
     return cache

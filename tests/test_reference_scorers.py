@@ -18,7 +18,7 @@ import operator
 import pytest
 import torch
 
-from lava.cache import _kept, _ranks
+from lava.policy import kept_entries, ranks_by_score
 from lava.scorers.cake import CakeScorer, tau_for
 from lava.scorers.lava import LavaScorer
 from lava.scorers.snapkv import SnapKVScorer
@@ -218,7 +218,7 @@ def make_inputs(case):
 
 def lib_kept(scores: torch.Tensor, caps: list[int], n: int, window: int) -> list[list[int]]:
     """What the cache stores for these scores and per-head caps (the code path of ``compress_layer``)."""
-    heads, positions = _kept(_ranks(scores.float(), window), torch.tensor(caps))
+    heads, positions = kept_entries(ranks_by_score(scores.float(), window), torch.tensor(caps))
     assert n == scores.shape[1] + window
     return [positions[heads == h].tolist() for h in range(scores.shape[0])]
 
