@@ -20,16 +20,16 @@ from pathlib import Path
 import pandas as pd
 
 from eval.benchmarks.ruler.tasks import TASKS as RULER_TASKS
-from eval.collect import FULL_METHOD, Run, RunSource, as_runs
+from eval.collect import FULL_METHOD, Run
+from eval.frames import format_cell, write_csv
 from eval.stats import paired_bootstrap_ci, separated
 from eval.tables import (
+    BenchTable,
+    ResultTables,
     average_weights,
-    build_tables,
-    format_cell,
     group_runs,
     sample_values,
     summary_table,
-    write_csv,
 )
 
 SUPPORTED = "supported"
@@ -164,8 +164,11 @@ def _ablation_comparisons(
     return comparisons, missing
 
 
-def lava_best_claim(runs: Sequence[Run]) -> Claim:
-    """(a) LAVa vs the best other compressed method of each benchmark and budget."""
+def lava_best_claim(runs: Sequence[Run], tables: Sequence[BenchTable]) -> Claim:
+    """(a) LAVa vs the best other compressed method of each benchmark and budget.
+
+    ``tables`` are the benchmark tables of ``runs``: their mean ranks decide whether lava is first.
+    """
     claim = Claim(
         key="a",
         title="LAVa is best on average across benchmarks",
@@ -187,7 +190,7 @@ def lava_best_claim(runs: Sequence[Run]) -> Claim:
     if not claim.comparisons:
         claim.missing.append("no benchmark has a lava run and another compressed method at the same budget")
         return claim
-    summary = summary_table(build_tables(runs))
+    summary = summary_table(tables)
     for budget, part in summary[summary["method"] != FULL_METHOD].groupby("budget"):
         ranked = part.dropna(subset=["mean rank"]).sort_values(["mean rank", "method"])
         if ranked.empty or LAVA not in set(ranked["method"]):
@@ -240,8 +243,10 @@ def head_budget_claim(runs: Sequence[Run]) -> Claim:
     return ablation_claim(runs, "c", title, where, specs, HEAD_ONLY, LAYER_ONLY)
 
 
-def judge_claims(runs: Sequence[Run]) -> list[Claim]:
-    return [lava_best_claim(runs), layer_budget_claim(runs), head_budget_claim(runs)]
+def judge_claims(result: ResultTables) -> list[Claim]:
+    """The three claims, judged on the runs and tables of one report."""
+    runs = result.runs
+    return [lava_best_claim(runs, result.tables), layer_budget_claim(runs), head_budget_claim(runs)]
 
 
 def claims_frame(claims: Sequence[Claim]) -> pd.DataFrame:
@@ -281,14 +286,14 @@ def claims_markdown(claims: Sequence[Claim], header: Sequence[str] = ()) -> str:
     return "\n".join(lines)
 
 
-def write_claims(source: RunSource, out: Path, profile: str | None = None) -> list[Path]:
-    """``out/claims.md`` and ``out/claims.csv`` from ``source`` (an output root or runs)."""
-    runs = as_runs(source)
-    claims = judge_claims(runs)
+def write_claims(result: ResultTables, out: Path) -> list[Path]:
+    """``out/claims.md`` and ``out/claims.csv``, judged on the runs and tables of ``result``."""
+    runs = result.runs
+    claims = judge_claims(result)
     commits = sorted({c for c in (r.commit for r in runs) if c})
     header = [
         f"model: {', '.join(sorted({r.model for r in runs})) or 'none'}",
-        f"profile: {profile or 'ad hoc (not a sweep profile)'}",
+        f"profile: {result.profile or 'ad hoc (not a sweep profile)'}",
         f"git commit: {', '.join(commits) or 'unknown'}",
     ]
     out = Path(out)

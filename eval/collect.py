@@ -26,11 +26,6 @@ import yaml
 from eval.records import load_records
 
 FULL_METHOD = "full"
-# Metrics where a smaller value is better (fidelity to the full cache). A benchmark may add its own
-# through a ``lower_is_better`` list in scores.json.
-LOWER_IS_BETTER: frozenset[str] = frozenset({"kl", "nll_delta", "attn_err"})
-# Benchmarks whose scores.json is in percent; the others report fractions of 1 (or raw metric units).
-PERCENT_BENCHES: frozenset[str] = frozenset({"ruler", "infinitebench", "longbench", "longbench_e"})
 TIDY_COLUMNS = [
     "model",
     "bench",
@@ -81,15 +76,32 @@ class Run:
     def lower_is_better(self) -> bool:
         return self.is_lower_better(self.headline)
 
+    @property
+    def bench_target(self) -> Any:
+        """The config's ``bench._target_`` (the benchmark class's dotted path), None when absent."""
+        return (self.config.get("bench") or {}).get("_target_")
+
+    @property
+    def unit(self) -> str:
+        """Unit of the headline score: ``"percent"`` or ``"fraction"``
+        (:attr:`eval.benchmarks.base.Benchmark.unit`).
+
+        scores.json's ``unit``; for folders written before scores.json carried it, the benchmark
+        class's declaration (read without building the benchmark); ``"fraction"`` without either.
+        """
+        unit = self.scores.get("unit") or _class_attribute(self.bench_target, "unit")
+        return str(unit) if unit else "fraction"
+
     @cached_property
     def declared_lower(self) -> frozenset[str]:
-        """Lower-is-better metrics the run declares: scores.json's list and the benchmark class's.
+        """Lower-is-better metrics the run declares: scores.json's list and the benchmark class's
+        (:attr:`eval.benchmarks.base.Benchmark.lower_is_better`).
 
         The class attribute ``lower_is_better`` (of the config's ``bench._target_``, read without
         building the benchmark) is either metric names or a bool about the headline metric.
         """
         names = set(self.scores.get("lower_is_better") or [])
-        declared = _class_attribute((self.config.get("bench") or {}).get("_target_"), "lower_is_better")
+        declared = _class_attribute(self.bench_target, "lower_is_better")
         if isinstance(declared, bool):
             names |= {self.headline} if declared else set()
         elif isinstance(declared, (list, tuple, set, frozenset)):
@@ -97,7 +109,7 @@ class Run:
         return frozenset(names)
 
     def is_lower_better(self, metric: str) -> bool:
-        return metric in LOWER_IS_BETTER or metric in self.declared_lower
+        return metric in self.declared_lower
 
     @property
     def num_samples(self) -> int:

@@ -1,4 +1,4 @@
-"""Figures written into run folders and results/ (matplotlib, headless)."""
+"""The figures of results/ (matplotlib, headless), drawn from the report's :class:`ResultTables`."""
 
 from __future__ import annotations
 
@@ -12,63 +12,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
+from hydra.utils import get_class  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
-from eval.collect import FULL_METHOD, Run, RunSource, kept_mean  # noqa: E402
+from eval.collect import FULL_METHOD, Run, kept_mean  # noqa: E402
+from eval.heatmap import NIAH_CMAP, save_figure  # noqa: E402
+from eval.method_configs import display_order, is_full, method_node  # noqa: E402
 from eval.tables import (  # noqa: E402
     AVERAGE,
     BenchTable,
+    ResultTables,
     method_rank,
     per_model,
     summary_table,
-    tables_and_groups,
 )
-
-# gkamradt / PyramidKV NIAH colours: red -> yellow -> green.
-NIAH_CMAP = LinearSegmentedColormap.from_list("niah", ["#F0496E", "#EBB839", "#0CD79F"])
-
-
-def niah_heatmap(
-    records: pd.DataFrame,
-    path: Path,
-    *,
-    value: str = "score",
-    title: str = "",
-    train_length: int | None = None,
-) -> Path:
-    """Depth x context-length heatmap of the mean ``value`` per cell, on a fixed 0-1 colour scale.
-
-    Parameters
-    ----------
-    records : DataFrame
-        Columns ``depth``, ``length`` and ``value``; several rows per cell are averaged.
-    path : Path
-        Output PNG.
-    train_length : int, optional
-        Draws a dashed vertical line at the model's training length when it falls inside the grid.
-    """
-    pivot = records.pivot_table(index="depth", columns="length", values=value, aggfunc="mean").sort_index()
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * pivot.shape[1] + 3), 0.45 * pivot.shape[0] + 2.5))
-    im = ax.imshow(pivot.to_numpy(), cmap=NIAH_CMAP, vmin=0.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(np.arange(pivot.shape[1]), [str(c) for c in pivot.columns], rotation=45)
-    ax.set_yticks(np.arange(pivot.shape[0]), [str(int(d)) for d in pivot.index])
-    ax.set_xticks(np.arange(-0.5, pivot.shape[1]), minor=True)
-    ax.set_yticks(np.arange(-0.5, pivot.shape[0]), minor=True)
-    ax.grid(which="minor", color="grey", linestyle="--", linewidth=0.5)
-    ax.tick_params(which="minor", length=0)
-    if train_length is not None:
-        cols = list(pivot.columns)
-        if cols and cols[0] <= train_length <= cols[-1]:
-            x = float(np.interp(train_length, cols, np.arange(len(cols))))
-            ax.axvline(x, color="white", linestyle="--", linewidth=2)
-    ax.set_xlabel("Token Limit")
-    ax.set_ylabel("Depth Percent")
-    overall = float(np.nanmean(pivot.to_numpy()))
-    ax.set_title(f"{title}  (overall {overall:.3f})".strip())
-    fig.colorbar(im, ax=ax, label=value)
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=120)
-
+from lava.allocation import UniformHeadBudget, UniformLayerBudget  # noqa: E402
 
 # ------------------------------------------------------------------------- results/figures
 # One colour per method in every figure (tab10 order), the full cache in black.
@@ -84,17 +42,48 @@ METHOD_COLORS = {
     "lava_head_only": "#8c564b",
     "full": "#000000",
 }
-BUDGET_METHODS = ("lava", "adakv", "cake", "pyramidkv")
-DPI = 110
+# The paper's method leads the budget figure's rows; the others follow in display order.
+PAPER_METHOD = "lava"
+_UNIFORM = {"layer_allocator": UniformLayerBudget, "head_allocator": UniformHeadBudget}
 
 
-def save_figure(fig: Any, path: Path, dpi: int = DPI) -> Path:
-    """PNG with a fixed dpi and no version or time metadata, so a rerun writes identical bytes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, metadata={"Software": None})
-    plt.close(fig)
-    return path
+def _allocation(name: str) -> tuple[dict[str, object], dict[str, type]]:
+    """A method's scorer config and its allocator classes, read from ``configs/method/<name>.yaml``."""
+    node = method_node(name)
+    scorer = OmegaConf.to_container(node.scorer, resolve=False)
+    return scorer, {slot: get_class(node[slot]._target_) for slot in _UNIFORM}
+
+
+def budget_methods() -> tuple[str, ...]:
+    """The rows of the budget heatmaps: every allocation rule of the registry once.
+
+    A method is a row when some of its budgets are not uniform (an allocator that is not the
+    uniform one), unless it re-uses a row's rule: the same scorer config and, per allocator, that
+    row's allocator class or the uniform one. The figure shows where each rule puts the budget;
+    such a method adds no rule, only a mix of a shown one with uniform parts or a different
+    schedule. With today's registry that keeps lava, adakv, cake and pyramidkv (the figure's rows
+    before the registry was read) and leaves out lava_layer_only and lava_head_only (lava's layer or
+    head split with the other one uniform) and cake_cascading (cake's preference rule re-applied
+    layer by layer). A new method with its own allocator or scorer appears without edits here.
+    """
+    names = [n for n in display_order() if not is_full(method_node(n))]
+    names.sort(key=lambda n: n != PAPER_METHOD)  # stable: the paper's method first
+    rows: list[tuple[str, dict[str, object], dict[str, type]]] = []
+    for name in names:
+        scorer, allocators = _allocation(name)
+        if all(issubclass(cls, _UNIFORM[slot]) for slot, cls in allocators.items()):
+            continue
+        if any(
+            scorer == shown_scorer
+            and all(cls is shown[slot] or issubclass(cls, _UNIFORM[slot]) for slot, cls in allocators.items())
+            for _, shown_scorer, shown in rows
+        ):
+            continue
+        rows.append((name, scorer, allocators))
+    return tuple(name for name, _, _ in rows)
+
+
+BUDGET_METHODS = budget_methods()
 
 
 def method_color(method: str) -> str:
@@ -209,11 +198,13 @@ def niah_grid(runs: Sequence[Run], path: Path) -> Path | None:
     budgets = sorted({r.budget for r in runs if r.budget is not None}) or [None]
     methods = sorted({r.method for r in runs}, key=method_rank)
     by_key = {(r.method, r.budget): r for r in runs}
-    fig, axes = _grid(len(methods), len(budgets), 3.0, 2.2)
+    # One budget (make run's comparison): the methods side by side in one row, so the title fits.
+    across = len(budgets) == 1
+    fig, axes = _grid(1, len(methods), 3.0, 2.2) if across else _grid(len(methods), len(budgets), 3.0, 2.2)
     image = None
     for i, method in enumerate(methods):
         for j, budget in enumerate(budgets):
-            ax = axes[i][j]
+            ax = axes[0][i] if across else axes[i][j]
             run = by_key.get((method, None if method == FULL_METHOD else budget))
             if run is None or (method == FULL_METHOD and j > 0):
                 ax.axis("off")
@@ -224,8 +215,16 @@ def niah_grid(runs: Sequence[Run], path: Path) -> Path | None:
             ax.set_yticks(np.arange(pivot.shape[0]), [f"{d:g}" for d in pivot.index], fontsize=7)
             label = "full cache" if method == FULL_METHOD else f"{method} @ {budget}"
             ax.set_title(f"{label}: {np.nanmean(pivot.to_numpy()):.2f}", fontsize=9)
-            _edge_labels(ax, i, j, len(methods), "depth %", "context length")
-    title = f"NIAH {runs[0].headline} by depth and length ({runs[0].model}); columns: budget"
+            _edge_labels(
+                ax,
+                0 if across else i,
+                i if across else j,
+                1 if across else len(methods),
+                "depth %",
+                "context length",
+            )
+    layout = f"budget {budgets[0]}" if across else "columns: budget"
+    title = f"NIAH {runs[0].headline} by depth and length ({runs[0].model}); {layout}"
     return _finish_grid(fig, axes, image, title, path, runs[0].headline)
 
 
@@ -369,20 +368,17 @@ def perf_bars(perf_csv: Path, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
-def write_figures(
-    source: RunSource, out: Path, perf_csv: Path | None = None, profile: str | None = None
-) -> list[Path]:
-    """Every figure of ``source`` (an output root or runs) into ``out``; several models: ``out/<model>/``.
+def write_figures(result: ResultTables, out: Path, perf_csv: Path | None = None) -> list[Path]:
+    """Every figure of ``result`` into ``out``; several models: ``out/<model>/``.
 
     Per benchmark ``<bench>_vs_budget.png`` (and for NIAH ``niah_grid.png``; where kept arrays
     exist ``<bench>_budget_heads.png`` and ``<bench>_budget_layers.png``; for per-layer attention
     errors ``<bench>_attn_err.png``), ``summary_ranks.png``, and ``perf.png`` from ``perf_csv``.
     """
-    tables, groups = tables_and_groups(source, profile)
     written: list[Path] = []
-    for model, folder, own in per_model(tables, out):
+    for model, folder, own in per_model(result.tables, out):
         for table in own:
-            group = groups[(model, table.bench)]
+            group = result.groups[(model, table.bench)]
             written.append(score_vs_budget(table, folder / f"{table.bench}_vs_budget.png"))
             optional = [
                 niah_grid(group, folder / "niah_grid.png") if table.bench == "niah" else None,

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from eval.claims import write_claims
-from eval.collect import RunSource, as_runs, write_tidy_csv
+from eval.collect import RunSource, write_tidy_csv
 from eval.plots import write_figures
-from eval.tables import write_tables
+from eval.tables import build_result_tables, write_tables
 
 
 def write_results(
@@ -27,11 +27,11 @@ def write_results(
     perf_csv : Path, optional
         ``results/perf/perf.csv`` of ``make bench-perf``, drawn as ``figures/perf.png`` when present.
     """
-    runs = as_runs(source)
+    built = build_result_tables(source, profile)  # the bootstrap intervals, computed once
     results = Path(results)
     return [
-        *write_tables(runs, results / "tables", profile),
-        *write_figures(runs, results / "figures", perf_csv=perf_csv, profile=profile),
-        *write_claims(runs, results, profile),
-        write_tidy_csv(runs, results / "runs.csv"),
+        *write_tables(built, results / "tables"),
+        *write_figures(built, results / "figures", perf_csv=perf_csv),
+        *write_claims(built, results),
+        write_tidy_csv(built.runs, results / "runs.csv"),
     ]

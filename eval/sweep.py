@@ -20,46 +20,20 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from eval.benchmarks.base import Benchmark, Sample
+from eval.checks import validate
 from eval.generation import Generation, greedy_decode
 from eval.method_configs import build_method, configurations, resolve_budgets, resolve_methods, single_config
-from eval.records import RecordWriter
-from eval.runner import (
-    RunSummary,
-    build_benchmark,
-    finish_run,
-    make_record,
-    memory_lines,
-    open_run_folder,
-    read_done,
-    run_dir_for,
-    validate,
-)
-from eval.sample_loop import SampleLoop
-from lava.errors import UserError
-from lava.models import as_spec
+from eval.run_folder import RunSummary, make_record, memory_lines, run_dir_for
+from eval.sample_loop import SampleLoop, Target, build_benchmark, run_loop
 from lava.policy import scorer_key
 
-
-@dataclass
-class SweepConfig:
-    """One configuration of a sweep and its run folder state."""
-
-    name: str
-    budget: int | None
-    cfg: DictConfig
-    method: Any  # CompressionMethod, or None for the full cache
-    run_dir: Path
-    done: list[dict[str, Any]]
-    new: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        return self.name if self.budget is None else f"{self.name}-b{self.budget}"
+# The sweep's phases, summed over its samples (each shared by the configurations of a sample).
+SWEEP_PHASES = ("prefill", "scoring", "allocation", "decode")
 
 
 @dataclass
@@ -176,151 +150,112 @@ def decode_all(
 class SampleRecords:
     """Writes one sample's record per configuration as soon as it is decoded (``decode_all``'s ``on_done``).
 
-    ``rows[k]`` is the configuration index of the sample's ``k``-th cache; ``seconds`` the shared
+    ``targets[k]`` is the run folder of the sample's ``k``-th cache; ``prefill_seconds`` the shared
     prefill's (:class:`SharedPrefill`); ``self.seconds`` the time spent here, kept out of the decode phase.
     """
 
-    sample: Any
-    bench: Any
+    sample: Sample
+    bench: Benchmark
     tokenizer: Any
     prompt_ids: list[int]
     prefill_seconds: dict[str, Any]
-    rows: list[int]
-    configs: list[SweepConfig]
-    writers: list[RecordWriter]
+    targets: list[Target]
     seconds: float = 0.0
 
     def __call__(self, k: int, gen: Generation, cache: Any) -> None:
         t0 = time.perf_counter()
-        i = self.rows[k]
-        config, shared = self.configs[i], self.prefill_seconds
-        scoring = shared["scoring"].get(scorer_key(config.method), 0.0) if config.method else 0.0
+        target, shared = self.targets[k], self.prefill_seconds
+        scoring = shared["scoring"].get(scorer_key(target.method), 0.0) if target.method else 0.0
         times = {
             "prefill_seconds": shared["prefill"],  # shared by the sample's configurations
             "scoring_seconds": scoring,  # shared by the configurations of the same scorer
             "allocation_seconds": shared["allocation"][k],
             "decode_seconds": gen.decode_seconds,  # the decode batch's
         }
-        record = make_record(self.sample, self.bench, self.tokenizer, self.prompt_ids, gen, cache, times)
-        self.writers[i].write(record)
-        config.new.append(record)
+        target.write(make_record(self.sample, self.bench, self.tokenizer, self.prompt_ids, gen, cache, times))
         self.seconds += time.perf_counter() - t0
 
 
-def _check(cfg: DictConfig) -> tuple[list[str], list[int]]:
-    methods = resolve_methods(cfg.methods)
+@dataclass
+class SweepStep:
+    """A sweep's work on one sample (:func:`eval.sample_loop.run_loop`'s ``per_sample``): one shared
+    prefill, then every configuration that lacks the sample decoded (or, for a teacher-forced
+    benchmark, scored against the full cache's continuation); ``phases`` sums :data:`SWEEP_PHASES`."""
+
+    bench: Benchmark
+    max_batch: int
+    phases: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SWEEP_PHASES, 0.0))
+
+    def __call__(self, loop: SampleLoop, sample: Sample, pending: list[Target]) -> None:
+        prompt_ids, stops, input_ids = loop.inputs(sample)
+        methods = [t.method for t in pending]
+        if (
+            self.bench.teacher_forced
+        ):  # no decoding: every cache is scored against the full cache's continuation
+            prefill = shared_prefill(loop.model, input_ids, [*methods, None], sample.max_new_tokens)
+            t0 = time.perf_counter()
+            records = self.bench.run_prefilled(
+                loop.model,
+                prefill.caches[-1],
+                prefill.caches[:-1],
+                prompt_ids,
+                sample,
+                prefill.seconds["prefill"],
+                self.max_batch,
+            )
+            self._add(prefill.seconds, time.perf_counter() - t0)
+            for target, record in zip(pending, records):
+                target.write(record)
+            return
+        prefill = shared_prefill(loop.model, input_ids, methods, sample.max_new_tokens)
+        recorder = SampleRecords(sample, self.bench, loop.tokenizer, prompt_ids, prefill.seconds, pending)
+        t0 = time.perf_counter()
+        # Each cache is dropped as soon as its record is written (decode_all's on_done).
+        decode_all(
+            loop.model, prefill, methods, sample.max_new_tokens, stops, loop.min_new, self.max_batch, recorder
+        )
+        self._add(prefill.seconds, time.perf_counter() - t0 - recorder.seconds)
+
+    def _add(self, prefill_seconds: dict[str, Any], decode_seconds: float) -> None:
+        """Add one sample's shared prefill phases (:func:`shared_prefill`'s ``seconds``) and its decode time."""
+        self.phases["decode"] += decode_seconds
+        self.phases["prefill"] += prefill_seconds["prefill"]
+        self.phases["scoring"] += sum(prefill_seconds["scoring"].values())
+        self.phases["allocation"] += sum(prefill_seconds["allocation"])
+
+
+def sweep_targets(cfg: DictConfig) -> list[Target]:
+    """One run folder per (method, budget) of the sweep, each config checked as its single run's."""
+    names = resolve_methods(cfg.methods)
     budgets = resolve_budgets(cfg.budgets if cfg.get("budgets") is not None else [cfg.budget])
-    max_batch = cfg.get("max_decode_batch", 32)
-    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
-        raise UserError(f"max_decode_batch={max_batch} is invalid; give a positive integer")
-    return methods, budgets
-
-
-def _add_phases(phases: dict[str, float], prefill_seconds: dict[str, Any], decode_seconds: float) -> None:
-    """Add one sample's shared prefill phases (:func:`shared_prefill`'s ``seconds``) and its decode time."""
-    phases["decode"] += decode_seconds
-    phases["prefill"] += prefill_seconds["prefill"]
-    phases["scoring"] += sum(prefill_seconds["scoring"].values())
-    phases["allocation"] += sum(prefill_seconds["allocation"])
+    targets = []
+    for name, budget in configurations(names, budgets):
+        single = single_config(cfg, name, budget)
+        validate(single)  # max_decode_batch, seed, limit, shards, ... (the sweep's own values)
+        targets.append(Target(single, build_method(single), run_dir_for(single)))
+    return targets
 
 
 def run_sweep(cfg: DictConfig) -> SweepSummary:
     """Run (or resume) every configuration of a sweep; each writes its single run's folder."""
-
-    t_start = time.perf_counter()
-    names, budgets = _check(cfg)
-    configs: list[SweepConfig] = []
-    for name, budget in configurations(names, budgets):
-        single = single_config(cfg, name, budget)
-        validate(single)
-        run_dir = run_dir_for(single)
-        configs.append(SweepConfig(name, budget, single, build_method(single), run_dir, []))
-    spec = as_spec(cfg.model)
+    started = time.perf_counter()
+    targets = sweep_targets(cfg)
     bench = build_benchmark(cfg)
-    teacher_forced = bool(getattr(bench, "teacher_forced", False))
-    for config in configs:
-        config.done = read_done(config.run_dir / "predictions.jsonl")
-    loop = SampleLoop(cfg, bench, spec)
-    samples = loop.samples
-    done_ids = [{r["id"] for r in c.done} for c in configs]
-    todo = [s for s in samples if any(s.id not in d for d in done_ids)]
-    model = loop.load_model()
-    for config in configs:
-        open_run_folder(config.run_dir, config.cfg, config.method)
-    max_batch = cfg.get("max_decode_batch", 32)
-    phases = dict.fromkeys(("prefill", "scoring", "allocation", "decode"), 0.0)
-    writers = [RecordWriter(c.run_dir / "predictions.jsonl") for c in configs]
-    bar = loop.progress(todo, f"{bench.name}/sweep of {len(configs)}")
-    t_samples = time.perf_counter()
-    try:
-        for sample in bar:
-            rows = [i for i, d in enumerate(done_ids) if sample.id not in d]
-            prompt_ids, stops, input_ids = loop.inputs(sample)
-            methods = [configs[i].method for i in rows]
-            if teacher_forced:  # no decoding: every cache is scored against the full cache's continuation
-                prefill = shared_prefill(model, input_ids, [*methods, None], sample.max_new_tokens)
-                t0 = time.perf_counter()
-                records = bench.run_prefilled(
-                    model,
-                    prefill.caches[-1],
-                    prefill.caches[:-1],
-                    prompt_ids,
-                    sample,
-                    prefill.seconds["prefill"],
-                    max_batch,
-                )
-                _add_phases(phases, prefill.seconds, time.perf_counter() - t0)
-                for i, record in zip(rows, records):
-                    writers[i].write(record)
-                    configs[i].new.append(record)
-                prefill = records = None
-                continue
-            prefill = shared_prefill(model, input_ids, methods, sample.max_new_tokens)
-            recorder = SampleRecords(
-                sample, bench, loop.tokenizer, prompt_ids, prefill.seconds, rows, configs, writers
-            )
-            t0 = time.perf_counter()
-            # Each cache is dropped as soon as its record is written (decode_all's on_done).
-            decode_all(
-                model, prefill, methods, sample.max_new_tokens, stops, loop.min_new, max_batch, recorder
-            )
-            _add_phases(phases, prefill.seconds, time.perf_counter() - t0 - recorder.seconds)
-            prefill = None
-    finally:
-        for writer in writers:
-            writer.close()
-        bar.close()
-    elapsed = time.perf_counter() - t_start
-    samples_seconds = elapsed - (t_samples - t_start)
-    ids = [s.id for s in samples]
-    memory = loop.device_memory()  # the whole sweep's, recorded in every configuration's run_meta.json
-    runs = []
-    for config in configs:
-        by_id = {r["id"]: r for r in config.done + config.new}
-        records = [by_id[i] for i in ids if i in by_id]
-        extra = {
-            "sweep_configurations": len(configs),
-            "sweep_phase_seconds": {k: round(v, 3) for k, v in phases.items()},
+    step = SweepStep(bench, cfg.get("max_decode_batch", 32))
+
+    def timings(samples_seconds: float) -> dict[str, Any]:
+        return {
+            "sweep_configurations": len(targets),
+            "sweep_phase_seconds": {k: round(v, 3) for k, v in step.phases.items()},
             "sweep_samples_seconds": round(samples_seconds, 3),
         }
-        runs.append(
-            finish_run(
-                config.run_dir,
-                config.cfg,
-                bench,
-                records,
-                config.new,
-                elapsed,
-                str(loop.device),
-                extra,
-                memory,
-            )
-        )
+
+    result = run_loop(cfg, bench, targets, f"{bench.name}/sweep of {len(targets)}", step, timings, started)
     return SweepSummary(
-        runs,
-        elapsed,
-        len(samples),
-        {k: round(v, 2) for k, v in phases.items()},
-        samples_seconds=samples_seconds,
-        device_memory=memory,
+        result.runs,
+        result.elapsed_seconds,
+        result.samples,
+        {k: round(v, 2) for k, v in step.phases.items()},
+        samples_seconds=result.samples_seconds,
+        device_memory=result.device_memory,
     )

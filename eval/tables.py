@@ -1,4 +1,4 @@
-"""The project's one table writer: pandas frames -> CSV and GitHub Markdown, with provenance headers.
+"""The results tables: per benchmark and across benchmarks, from run folders (files via :mod:`eval.frames`).
 
 Two kinds of tables are built here from run folders (see :mod:`eval.collect`):
 
@@ -9,7 +9,8 @@ Two kinds of tables are built here from run folders (see :mod:`eval.collect`):
 * a summary across benchmarks: per (budget, method) each benchmark's average, their mean (higher-is-
   better benchmarks, in percent) and the mean rank among the compressed methods.
 
-Per-run-folder tables of the benchmark modules also go through :func:`write_frame`.
+:func:`build_result_tables` computes them (with their bootstrap intervals) once per report;
+:mod:`eval.plots` and :mod:`eval.claims` read the same :class:`ResultTables`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from eval.collect import FULL_METHOD, PERCENT_BENCHES, Run, RunSource, as_runs, kept_mean
+from eval.collect import FULL_METHOD, Run, RunSource, as_runs, kept_mean
+from eval.frames import format_cell, write_csv, write_frame
 from eval.method_configs import display_order
 from eval.stats import bootstrap_ci
 
@@ -31,110 +33,13 @@ METHOD_ORDER = tuple(display_order())  # from configs/method/: a new method appe
 AVERAGE = "average"
 
 
-# ------------------------------------------------------------------------------------ formatting
-def format_cell(value: Any, digits: int = 2) -> str:
-    """Numbers with ``digits`` decimals, missing values as an empty cell, anything else as ``str``."""
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return ""
-    if isinstance(value, (float, np.floating)):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def markdown_table(
-    frame: pd.DataFrame, digits: int = 2, index: bool = True, na: str = "", left: int = 0
-) -> str:
-    """The frame as a Markdown table; the index becomes the first column when ``index`` is true.
-
-    The index and the first ``left`` columns (labels) are left-aligned, the others right-aligned.
-    """
-    header = ([frame.index.name or ""] if index else []) + [str(c) for c in frame.columns]
-    left = left + (1 if index else 0)
-    align = ["---"] * left + ["---:"] * (len(header) - left)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    for name, *row in frame.itertuples(name=None):  # itertuples keeps each column's dtype
-        cells = ([str(name)] if index else []) + [format_cell(v, digits) or na for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_frame(
-    frame: pd.DataFrame,
-    stem: Path,
-    *,
-    digits: int = 2,
-    index: bool = True,
-    header: Sequence[str] = (),
-    markdown: pd.DataFrame | None = None,
-    na: str = "",
-    float_format: str | None = None,
-    left: int = 0,
-) -> list[Path]:
-    """Write ``<stem>.csv`` and ``<stem>.md``; return their paths.
-
-    Parameters
-    ----------
-    frame : DataFrame
-        The CSV content.
-    header : sequence of str
-        Provenance lines: ``# line`` comments atop the CSV (read back with :func:`read_table`) and a
-        paragraph above the Markdown table.
-    markdown : DataFrame, optional
-        What the Markdown shows when it differs from the CSV (pre-formatted cells, fewer columns).
-    na : str
-        Markdown text of a missing value.
-    float_format : str, optional
-        CSV float format; default ``%.{digits}f``.
-    left : int
-        Leading label columns left-aligned in the Markdown.
-    """
-    stem = Path(stem)
-    csv_path, md_path = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".md")
-    write_csv(frame, csv_path, index=index, header=header, float_format=float_format or f"%.{digits}f")
-    text = markdown_table(
-        frame if markdown is None else markdown, digits=digits, index=index, na=na, left=left
-    )
-    preface = "".join(f"{line}  \n" for line in header[1:])
-    title = f"## {header[0]}\n\n" if header else ""
-    md_path.write_text(title + (preface + "\n" if preface else "") + text, encoding="utf-8")
-    return [csv_path, md_path]
-
-
-def write_csv(
-    frame: pd.DataFrame,
-    path: Path,
-    *,
-    index: bool = False,
-    header: Sequence[str] = (),
-    float_format: str = "%.6g",
-) -> Path:
-    """The frame as CSV, ``# line`` provenance comments first, ``\\n`` line ends on every platform."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    comments = "".join(f"# {line}\n" for line in header)
-    body = frame.to_csv(index=index, float_format=float_format, lineterminator="\n")
-    path.write_text(comments + body, encoding="utf-8")
-    return path
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    """A CSV written by :func:`write_frame` (its ``#`` header lines skipped)."""
-    return pd.read_csv(path, comment="#")
-
-
-def read_header(path: Path) -> list[str]:
-    """The ``#`` provenance lines of a CSV written by :func:`write_frame`."""
-    lines = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if not line.startswith("# "):
-            break
-        lines.append(line[2:])
-    return lines
-
-
 # ------------------------------------------------------------------------------- sample values
-def _unit_scale(sample_mean: float, reported: float) -> float:
-    """100 when the benchmark reports percent of per-sample fractions, else 1 (read from the data)."""
+def _percent_scale(sample_mean: float, reported: float) -> float:
+    """For a percent benchmark: 100 when its per-sample values are fractions, 1 when already percent.
+
+    Percent benchmarks differ here (InfiniteBench and LongBench score samples in fractions, RULER
+    in percent), so the scale is the one that brings the samples' mean to the reported task score.
+    """
     return 100.0 if abs(100.0 * sample_mean - reported) < abs(sample_mean - reported) else 1.0
 
 
@@ -155,7 +60,8 @@ def sample_values(run: Run) -> dict[str, dict[str, float]]:
     out = {}
     for task, values in raw.items():
         mean = sum(values.values()) / len(values)
-        scale = _unit_scale(mean, reported[task]) if task in reported else 1.0
+        percent = run.unit == "percent" and task in reported  # a fraction benchmark's samples are as reported
+        scale = _percent_scale(mean, reported[task]) if percent else 1.0
         out[task] = {i: scale * v for i, v in values.items()}
     return out
 
@@ -172,11 +78,6 @@ def average_weights(per_task: dict[str, dict[str, float]]) -> dict[str, dict[str
     return {
         t: {i: x * total / (tasks * len(values)) for i, x in values.items()} for t, values in per_task.items()
     }
-
-
-def flat_average_values(run: Run) -> dict[str, float]:
-    """``{sample id: value}`` whose mean is the run's task-averaged score (for paired comparisons)."""
-    return {i: x for values in average_weights(sample_values(run)).values() for i, x in values.items()}
 
 
 # -------------------------------------------------------------------------------- bench tables
@@ -264,12 +165,8 @@ def _sample_counts(runs: Sequence[Run]) -> str:
 
 
 def _is_percent(runs: Sequence[Run]) -> bool:
-    """Known percent benchmarks, a declared ``unit: percent``, or a higher-is-better score above 1."""
-    first = runs[0]
-    if first.bench in PERCENT_BENCHES or any(r.scores.get("unit") == "percent" for r in runs):
-        return True
-    scores = [r.scores.get("score") for r in runs]
-    return not first.lower_is_better and any(isinstance(v, (int, float)) and v > 1.0 for v in scores)
+    """The benchmark reports percent: its runs' declared unit (:attr:`eval.collect.Run.unit`)."""
+    return any(r.unit == "percent" for r in runs)
 
 
 def bench_table(runs: Sequence[Run], profile: str | None = None) -> BenchTable:
@@ -445,14 +342,6 @@ def group_runs(runs: Iterable[Run]) -> dict[tuple[str, str], list[Run]]:
     return dict(sorted(groups.items()))
 
 
-def tables_and_groups(
-    source: RunSource, profile: str | None = None
-) -> tuple[list[BenchTable], dict[tuple[str, str], list[Run]]]:
-    """The benchmark tables of ``source`` and its runs grouped by (model, bench)."""
-    runs = as_runs(source)
-    return build_tables(runs, profile), group_runs(runs)
-
-
 def per_model(tables: Sequence[BenchTable], out: Path) -> list[tuple[str, Path, list[BenchTable]]]:
     """``(model, folder, its tables)``: ``out`` itself for a single model, else ``out/<model>``."""
     models = sorted({t.model for t in tables})
@@ -463,21 +352,49 @@ def per_model(tables: Sequence[BenchTable], out: Path) -> list[tuple[str, Path, 
 
 
 def build_tables(runs: Sequence[Run], profile: str | None = None) -> list[BenchTable]:
+    """One :class:`BenchTable` per (model, bench) of ``runs``, in :func:`group_runs` order."""
     return [bench_table(group, profile) for group in group_runs(runs).values()]
 
 
-def write_tables(source: RunSource, out: Path, profile: str | None = None) -> list[Path]:
-    """Every benchmark table and the summary of ``source`` (an output root or runs) into ``out``.
+@dataclass
+class ResultTables:
+    """The runs of one report and their benchmark tables, built once and read by tables, figures, claims.
+
+    Attributes
+    ----------
+    runs : list of Run
+        Every run of the report.
+    tables : list of BenchTable
+        One per (model, bench), bootstrap intervals included (the costly part, done once).
+    groups : dict
+        ``{(model, bench): runs}`` in the tables' order.
+    profile : str or None
+        Sweep profile named in every header.
+    """
+
+    runs: list[Run]
+    tables: list[BenchTable]
+    groups: dict[tuple[str, str], list[Run]]
+    profile: str | None = None
+
+
+def build_result_tables(source: RunSource, profile: str | None = None) -> ResultTables:
+    """The runs of ``source`` (an output root or runs), their tables and their (model, bench) groups."""
+    runs = as_runs(source)
+    return ResultTables(runs, build_tables(runs, profile), group_runs(runs), profile)
+
+
+def write_tables(result: ResultTables, out: Path) -> list[Path]:
+    """Every benchmark table and the summary of ``result`` into ``out``.
 
     One model: ``out/<bench>.{csv,md}``, ``out/<bench>_budget.csv`` (where kept arrays exist) and
     ``out/summary.{csv,md}``; several models: the same inside ``out/<model>/``.
     """
-    tables, groups = tables_and_groups(source, profile)
     written: list[Path] = []
-    for model, folder, own in per_model(tables, out):
+    for model, folder, own in per_model(result.tables, out):
         for table in own:
             written += write_bench_table(table, folder / table.bench)
-            budget = budget_frame(groups[(model, table.bench)])
+            budget = budget_frame(result.groups[(model, table.bench)])
             if len(budget):
                 header = [
                     f"{table.bench}: kept entries per layer and KV head (mean over samples)",
@@ -488,5 +405,5 @@ def write_tables(source: RunSource, out: Path, profile: str | None = None) -> li
                         budget, folder / f"{table.bench}_budget.csv", header=header, float_format="%.4f"
                     )
                 )
-        written += write_summary(own, folder / "summary", profile)
+        written += write_summary(own, folder / "summary", result.profile)
     return written

@@ -197,7 +197,7 @@ def main() -> None:
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from eval.tables import write_frame
+    from eval.frames import write_frame
 
     legs = [("fidelity", m) for m in args.continuation_tokens] + [("niah", k) for k in args.niah_min_new]
     plan = [

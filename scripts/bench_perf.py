@@ -125,10 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
     from tqdm import tqdm
 
+    from eval.frames import write_csv
     from eval.perf.measure import Runner, prompt_ids
     from eval.perf.report import cpu_name, markdown_table, write_plot, write_readme
     from eval.provenance import commit_label
-    from eval.tables import write_csv
     from lava.models import as_spec, load_model
 
     out = Path(args.out)

@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.records import RecordWriter, load_records  # noqa: E402
-from eval.runner import finish_run, load_samples  # noqa: E402
+from eval.run_folder import finish_run  # noqa: E402
+from eval.sample_loop import load_samples  # noqa: E402
 from lava.errors import UserError  # noqa: E402
 from lava.models import as_spec, load_tokenizer  # noqa: E402
 

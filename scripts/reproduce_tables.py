@@ -40,7 +40,7 @@ from eval.collect import Run, load_run  # noqa: E402
 from eval.compose import compose_config as compose_sweep  # noqa: E402
 from eval.method_configs import configurations, resolve_budgets, resolve_methods, single_config  # noqa: E402
 from eval.results import write_results  # noqa: E402
-from eval.runner import run_dir_for  # noqa: E402
+from eval.run_folder import run_dir_for  # noqa: E402
 from lava.errors import UserError  # noqa: E402
 
 LAUNCHERS = ("local", "slurm", "submitit_local")

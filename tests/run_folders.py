@@ -1,4 +1,4 @@
-"""Synthetic run folders, laid out exactly as ``eval.runner.run`` writes them, for the report tests."""
+"""Synthetic run folders, laid out exactly as the run core (:mod:`eval.run_folder`) writes them, for the report tests."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ import numpy as np
 import yaml
 
 from eval.benchmarks.base import default_aggregate
+
+# The fidelity benchmark class: its folders declare kl, nll_delta and attn_err lower-is-better.
+FIDELITY = "eval.benchmarks.fidelity.benchmark.Fidelity"
 
 
 def make_run(
@@ -126,7 +129,9 @@ def toy_root(root: Path) -> Path:
     )
     for method, kl in (("full", 0.0), ("snapkv", 0.5), ("lava", 0.2)):
         scores = per_sample("code", [kl, kl + 0.1], metric="kl")
-        make_run(root, bench="fid", method=method, budget=64, scores=scores, headline="kl")
+        make_run(
+            root, bench="fid", method=method, budget=64, scores=scores, headline="kl", bench_target=FIDELITY
+        )
     return root
 
 
@@ -161,5 +166,6 @@ def results_root(root: Path) -> Path:
                 scores=fid,
                 headline="kl",
                 digest="fedcba98",
+                bench_target=FIDELITY,
             )
     return root

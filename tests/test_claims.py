@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from run_folders import make_run, per_sample
+from run_folders import FIDELITY, make_run, per_sample
 
 from eval.claims import (
     CONTRADICTED,
@@ -17,6 +17,7 @@ from eval.claims import (
     write_claims,
 )
 from eval.collect import find_runs
+from eval.tables import build_result_tables
 
 N = 20
 
@@ -54,7 +55,15 @@ def test_contradicted_and_not_separable(tmp_path):
 def test_lower_is_better_is_oriented_and_only_code_tasks_count(tmp_path):
     for method, kl in (("lava_layer_only", 0.1), ("snapkv", 0.5), ("lava_head_only", 0.3)):
         scores = per_sample("code", [kl] * N, "kl") + per_sample("essay", [1.0 - kl] * N, "kl")
-        make_run(tmp_path, bench="fidelity", method=method, budget=64, scores=scores, headline="kl")
+        make_run(
+            tmp_path,
+            bench="fidelity",
+            method=method,
+            budget=64,
+            scores=scores,
+            headline="kl",
+            bench_target=FIDELITY,
+        )
     claim = layer_budget_claim(find_runs(tmp_path))
     diffs = {c.b: c.diff for c in claim.comparisons}
     assert diffs == pytest.approx({"snapkv": 0.4, "lava_head_only": 0.2})  # positive: layer-only lower KL
@@ -71,7 +80,7 @@ def test_pairs_only_shared_samples(tmp_path):
 
 def test_lava_best_needs_the_best_mean_rank(tmp_path):
     niah(tmp_path, {"lava": [1] * N, "snapkv": [0] * N, "adakv": [0] * N})
-    claims = judge_claims(find_runs(tmp_path))
+    claims = judge_claims(build_result_tables(tmp_path))
     assert claims[0].verdict == SUPPORTED and claims[0].comparisons[0].b in {"snapkv", "adakv"}
     make_run(tmp_path, bench="other", method="lava", budget=64, scores=per_sample("t", [0] * N))
     make_run(tmp_path, bench="other", method="snapkv", budget=64, scores=per_sample("t", [0] * (N - 1) + [1]))
@@ -79,15 +88,15 @@ def test_lava_best_needs_the_best_mean_rank(tmp_path):
     make_run(
         tmp_path, bench="other2", method="snapkv", budget=64, scores=per_sample("t", [0] * (N - 1) + [1])
     )
-    claim = judge_claims(find_runs(tmp_path))[0]
+    claim = judge_claims(build_result_tables(tmp_path))[0]
     # lava separated on niah, unseparated losses elsewhere: mean rank (1+2+2)/3 > snapkv's (2+1+1)/3
     assert claim.blocked and claim.verdict == NOT_SEPARABLE
 
 
 def test_write_claims_without_runs_says_not_tested(tmp_path):
-    paths = write_claims(tmp_path, tmp_path / "out", profile="cpu")
+    paths = write_claims(build_result_tables(tmp_path, "cpu"), tmp_path / "out")
     text = paths[0].read_text()
-    assert [c.verdict for c in judge_claims([])] == [NOT_TESTED] * 3
+    assert [c.verdict for c in judge_claims(build_result_tables([]))] == [NOT_TESTED] * 3
     assert text.count(f"**{NOT_TESTED}**") == 3 and "profile: cpu" in text
 
 

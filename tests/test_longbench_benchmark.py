@@ -256,7 +256,7 @@ def test_download_is_unzipped_once(tmp_path, monkeypatch):
 def test_hydra_configs_build_the_benchmarks():
     from hydra import compose, initialize_config_dir
 
-    from eval.runner import build_benchmark
+    from eval.sample_loop import build_benchmark
 
     config_dir = str(Path(__file__).resolve().parents[1] / "configs")
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):

@@ -97,7 +97,7 @@ def test_bad_grid_is_a_user_error():
 
 
 def test_requested_prompt_tokens_bounds_the_longest_prompt(smollm2_tokenizer):
-    from eval.runner import build_prompt_ids
+    from eval.sample_loop import build_prompt_ids
     from lava.models import as_spec
     from tests.conftest import model_config
 
@@ -134,7 +134,7 @@ def test_niah_run_identity_changed():
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from eval.runner import run_dir_for
+    from eval.run_folder import run_dir_for
     from tests.conftest import REPO
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):

@@ -13,7 +13,7 @@ from eval.benchmarks.base import PromptContext
 from eval.benchmarks.ruler import Ruler
 from eval.benchmarks.ruler import benchmark as ruler_benchmark
 from eval.benchmarks.ruler.cache import cache_file
-from eval.runner import build_prompt_ids
+from eval.sample_loop import build_prompt_ids
 from lava.errors import UserError
 from lava.models import as_spec
 

@@ -15,7 +15,7 @@ from eval.benchmarks.ruler.fit import TokenCounter
 from eval.benchmarks.ruler.niah import DEPTHS, insert_into_lines, insert_into_sentences, query_text
 from eval.benchmarks.ruler.tasks import make_generator
 from eval.benchmarks.ruler.templates import NOISE
-from eval.runner import build_prompt_ids
+from eval.sample_loop import build_prompt_ids
 from lava.models import as_spec
 
 REPO = Path(__file__).resolve().parents[1]

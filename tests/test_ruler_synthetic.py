@@ -16,7 +16,7 @@ from eval.benchmarks.ruler.fit import TokenCounter
 from eval.benchmarks.ruler.freq_words import FreqWordsGenerator, zeta, zipf_counts
 from eval.benchmarks.ruler.templates import NOISE
 from eval.benchmarks.ruler.variable_tracking import VariableTrackingGenerator
-from eval.runner import build_prompt_ids
+from eval.sample_loop import build_prompt_ids
 from lava.errors import UserError
 from lava.models import as_spec
 

@@ -7,15 +7,16 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from run_folders import make_run, per_sample, toy_root
+from run_folders import make_run, per_sample, results_root, toy_root
 
 from eval.collect import find_runs
+from eval.frames import read_header, read_table
+from eval.results import write_results
 from eval.tables import (
     average_weights,
     bench_table,
+    build_result_tables,
     build_tables,
-    read_header,
-    read_table,
     sample_values,
     summary_table,
     write_tables,
@@ -117,6 +118,7 @@ def test_percent_benchmarks_scale_sample_values(tmp_path):
     def percent(records):
         values = [r["scores"]["score"] for r in records]
         return {"score": 100 * sum(values) / len(values), "headline_metric": "score", "num_samples": len(values),
+                "unit": "percent",
                 "per_task": {"t": {"num_samples": len(values), "score": 100 * sum(values) / len(values)}}}  # fmt: skip
 
     make_run(
@@ -133,10 +135,30 @@ def test_percent_benchmarks_scale_sample_values(tmp_path):
     assert row["average"] == 50.0 and 0.0 <= row["average_low"] < 50.0 < row["average_high"] <= 100.0
 
 
+@pytest.mark.parametrize("unit", ["percent", "fraction"])
+def test_percent_label_follows_the_declared_unit_not_the_values(tmp_path, unit):
+    # a fraction benchmark whose raw metric exceeds 1 is not percent; a declared percent one is
+    make_run(
+        tmp_path,
+        bench="x",
+        method="snapkv",
+        budget=8,
+        scores=per_sample("t", [2.0, 3.0], "tokens"),
+        headline="tokens",
+        extra_scores={"unit": unit},
+    )
+    table = table_of(tmp_path, "x")
+    assert table.unit == ("percent" if unit == "percent" else "")
+    assert (
+        table.header[0]
+        == f"x: tokens (higher is better{', percent' if unit == 'percent' else ''}), methods x budgets"
+    )
+
+
 def test_written_files_header_markdown_and_rerun_identical(tmp_path):
     root = toy_root(tmp_path / "runs")
-    first = write_tables(root, tmp_path / "t1", profile="cpu")
-    second = write_tables(root, tmp_path / "t2", profile="cpu")
+    first = write_tables(build_result_tables(root, "cpu"), tmp_path / "t1")
+    second = write_tables(build_result_tables(root, "cpu"), tmp_path / "t2")
     assert sorted(p.name for p in first) == [
         "fid.csv",
         "fid.md",
@@ -175,10 +197,6 @@ def test_summary_mean_percent_and_rank(tmp_path):
 
 
 def test_write_results_rerun_is_byte_identical(tmp_path):
-    from run_folders import results_root
-
-    from eval.results import write_results
-
     root = results_root(tmp_path / "runs")
     first = write_results(root, tmp_path / "r1", profile="cpu")
     second = write_results(root, tmp_path / "r2", profile="cpu")
@@ -187,3 +205,15 @@ def test_write_results_rerun_is_byte_identical(tmp_path):
     assert {"claims.md", "claims.csv", "runs.csv", "tables/summary.md", "figures/niah_grid.png"} <= set(names)
     for a, b in zip(first, second):
         assert a.read_bytes() == b.read_bytes(), a.name
+
+
+def test_write_results_builds_each_bench_table_once(tmp_path, monkeypatch):
+    built = []
+    original = bench_table
+    monkeypatch.setattr(
+        "eval.tables.bench_table",
+        lambda runs, profile=None: built.append(runs[0].bench) or original(runs, profile),
+    )
+    write_results(results_root(tmp_path / "runs"), tmp_path / "r", profile="cpu")
+    # tables, figures and claims (lava has a rival at its budgets) read the same two tables
+    assert sorted(built) == ["fidelity", "niah"]

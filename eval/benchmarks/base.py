@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclass
@@ -90,9 +90,29 @@ class PromptContext:
 
 
 class Benchmark(ABC):
-    """Base class. Subclasses are dataclasses built by Hydra from ``configs/bench/*.yaml``."""
+    """Base class. Subclasses are dataclasses built by Hydra from ``configs/bench/*.yaml``.
+
+    The contract with the run core and the results layer is declared here; a subclass overrides
+    what differs. ``version`` and ``min_new_tokens`` are usually config fields of the subclass (they
+    then enter the run identity with the rest of the bench config); ``unit``, ``lower_is_better``
+    and ``teacher_forced`` are class constants (``ClassVar`` in a dataclass subclass, so Hydra
+    cannot set them).
+    """
 
     name: str = "benchmark"
+    #: Part of the run identity (through the bench config): bump it when prompts or scoring change,
+    #: so folders of the old definition are not resumed.
+    version: int = 1
+    #: Steps on which the stop tokens are suppressed (upstream's minimum generation length).
+    min_new_tokens: int = 1
+    #: Scored without a decoding loop: the run core calls :meth:`run_sample` (single run) or
+    #: :meth:`run_prefilled` (sweep) instead of generating and calling :meth:`score`.
+    teacher_forced: ClassVar[bool] = False
+    #: Metric names for which a smaller value is better; every other metric is higher-is-better.
+    lower_is_better: ClassVar[frozenset[str]] = frozenset()
+    #: Unit of the headline ``score`` of ``scores.json``: ``"percent"`` (0-100) or ``"fraction"``
+    #: (fractions of 1, or the metric's own unit, e.g. nats for a KL divergence).
+    unit: ClassVar[str] = "fraction"
 
     @abstractmethod
     def samples(self, ctx: PromptContext) -> Iterable[Sample]:
@@ -124,6 +144,68 @@ class Benchmark(ABC):
         headline value shown in the summary.
         """
         return default_aggregate(records, self.headline_metric())
+
+    def scores_json(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """What ``scores.json`` holds: :meth:`aggregate` plus the declared ``unit`` and
+        ``lower_is_better`` metric names (so a folder says how to read its numbers without the class).
+
+        The one place the declarations are written; subclasses override :meth:`aggregate`, not this.
+        """
+        out = self.aggregate(records)
+        out.setdefault("unit", self.unit)
+        out.setdefault("lower_is_better", sorted(self.lower_is_better))
+        return out
+
+    def run_sample(self, model: Any, cache: Any, prompt_ids: Sequence[int], sample: Sample) -> dict[str, Any]:
+        """Teacher-forced benchmarks: prefill ``prompt_ids`` into ``cache``, measure, return the record.
+
+        Parameters
+        ----------
+        model : transformers.PreTrainedModel
+        cache : transformers.Cache
+            The method's empty cache (a compressing cache, or a ``DynamicCache`` for the full cache).
+        prompt_ids : sequence of int
+            The tokenized prompt, shape (n,).
+        sample : Sample
+
+        Returns
+        -------
+        dict
+            The finished ``predictions.jsonl`` record, ``scores`` included.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is not teacher-forced (teacher_forced=False)")
+
+    def run_prefilled(
+        self,
+        model: Any,
+        full_cache: Any,
+        caches: Sequence[Any],
+        prompt_ids: Sequence[int],
+        sample: Sample,
+        prefill_seconds: float,
+        max_batch: int = 32,
+    ) -> list[dict[str, Any]]:
+        """Teacher-forced benchmarks in a sweep: one record per cache of one shared prefill.
+
+        Parameters
+        ----------
+        full_cache : transformers.DynamicCache
+            The prompt's full cache (the reference; the benchmark may consume it).
+        caches : sequence
+            Per configuration, its prefilled cache.
+        prompt_ids : sequence of int
+            The tokenized prompt, shape (n,).
+        prefill_seconds : float
+            Wall time of the shared prefill.
+        max_batch : int
+            Most caches processed in one batched forward.
+
+        Returns
+        -------
+        list of dict
+            One finished record per entry of ``caches``, in order.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is not teacher-forced (teacher_forced=False)")
 
     def write_artifacts(self, run_dir: Path, records: Sequence[dict[str, Any]]) -> list[Path]:
         """Write extra files (plots, tables) into the run folder; return their paths."""

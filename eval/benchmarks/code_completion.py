@@ -25,7 +25,7 @@ import tokenize
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from eval.benchmarks.base import Benchmark, PromptContext, Sample, default_aggregate
 from eval.benchmarks.longbench_tasks import max_new_tokens, prompt_templates
@@ -224,6 +224,8 @@ class CodeCompletion(Benchmark):
     keep_last_tokens: int | None = None
     min_new_tokens: int = 1
     version: int = 1
+
+    unit: ClassVar[str] = "percent"  # the headline is LongBench's round(100 * mean, 2)
 
     def __post_init__(self) -> None:
         self.lengths = [int(x) for x in self.lengths]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from eval.benchmarks.base import Benchmark, PromptContext, Sample, middle_truncate
 from eval.benchmarks.longbench_loader import HUB_REPO, cached_data_dir, local_data_dir, read_task, task_file
@@ -65,6 +65,8 @@ class LongBench(Benchmark):
     repo_id: str = HUB_REPO
     min_new_tokens: int = 1  # stop tokens suppressed on the first step (LongBench pred.py min_length)
     version: int = 1  # part of the run identity: bump when prompts or scoring change
+
+    unit: ClassVar[str] = "percent"  # task scores on LongBench's 0-100 scale
 
     variant_e = False  # class constant, not a config field
 

@@ -25,8 +25,8 @@ from eval.benchmarks.longbench_tasks import (
     task_language,
     tasks_of_language,
 )
+from eval.frames import write_frame
 from eval.metrics.longbench import task_score
-from eval.tables import write_frame
 
 BUCKETS: tuple[str, ...] = ("0-4k", "4-8k", "8k+")
 

@@ -11,8 +11,8 @@ import pandas as pd
 
 from eval.benchmarks.base import Benchmark, PromptContext, Sample
 from eval.benchmarks.haystack import paul_graham_essays
+from eval.heatmap import niah_heatmap
 from eval.metrics.niah import NEEDLE_ANSWER, exact_match, rouge1_f, unigram_recall
-from eval.plots import niah_heatmap
 from lava.errors import UserError
 
 # gkamradt/LLMTest_NeedleInAHaystack default needle, as used by PyramidKV/KVCache-Factory and LAVa.
@@ -68,8 +68,16 @@ class NeedleHaystack(Benchmark):
         self.depths = [float(d) for d in self.depths]
         if not self.lengths or min(self.lengths) <= self.buffer:
             raise UserError(f"bench.lengths must all exceed bench.buffer={self.buffer}; got {self.lengths}")
-        if any(not 0 <= d <= 100 for d in self.depths):
-            raise UserError(f"bench.depths must lie in [0, 100]; got {self.depths}")
+        if not self.depths or any(not 0 <= d <= 100 for d in self.depths):
+            raise UserError(f"bench.depths must be depths in [0, 100], at least one; got {self.depths}")
+        if (
+            not isinstance(self.max_new_tokens, int)
+            or isinstance(self.max_new_tokens, bool)
+            or self.max_new_tokens < 1
+        ):
+            raise UserError(
+                f"bench.max_new_tokens={self.max_new_tokens!r} is invalid; give a positive integer"
+            )
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise UserError(
                 f"bench.min_new_tokens={self.min_new_tokens} must lie in [0, bench.max_new_tokens={self.max_new_tokens}]"

@@ -135,6 +135,8 @@ def runner_args(sizes: dict, model_dir: Path, output_root: Path, device: str) ->
         f"model.dtype={sizes['dtype']}",
         f"model.device_map={'cuda' if device == 'cuda' else 'null'}",
         f"model.max_context={sizes['shape']['max_position_embeddings']}",
+        # model=local's prompt cap (127500) would exceed the tiny model's window, which the runner refuses.
+        f"model.max_prompt_tokens={sizes['shape']['max_position_embeddings']}",
         "bench=niah",
         f"bench.lengths=[{sizes['prompt']}]",
         f"bench.depths=[{','.join(str(d) for d in depths)}]",

@@ -89,7 +89,7 @@ def write_plot(table: Any, path: Path) -> None:
 def markdown_table(table: Any) -> str:
     import pandas as pd
 
-    from eval.tables import markdown_table as to_markdown
+    from eval.frames import markdown_table as to_markdown
 
     rows = []
     for r in table.itertuples(index=False):

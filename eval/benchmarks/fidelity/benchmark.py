@@ -67,9 +67,9 @@ class Fidelity(Benchmark):
     min_new_tokens: int = 0
     version: int = 1
 
-    # Read by the runner (no decoding loop) and by tables/plots (ranking direction).
-    teacher_forced: ClassVar[bool] = True
+    teacher_forced: ClassVar[bool] = True  # scored by run_sample / run_prefilled, no decoding loop
     lower_is_better: ClassVar[frozenset[str]] = LOWER_IS_BETTER
+    unit: ClassVar[str] = "fraction"  # kl and nll_delta in nats, top1 and attn_err fractions of 1
 
     def __post_init__(self) -> None:
         self.lengths = [int(x) for x in self.lengths]
@@ -198,9 +198,9 @@ class Fidelity(Benchmark):
         return {k: float(record["fidelity"][k]) for k in METRICS}
 
     def aggregate(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """Means overall and per source, the mean layer-wise error curve, and the ranking direction."""
+        """Means overall and per source and the mean layer-wise error curve (the ranking direction is
+        added by :meth:`~eval.benchmarks.base.Benchmark.scores_json`)."""
         out = default_aggregate(records, self.headline_metric())
-        out["lower_is_better"] = sorted(self.lower_is_better)
         curves = [r["attn_err_per_layer"] for r in records if r.get("attn_err_per_layer")]
         if curves:
             out["attn_err_per_layer"] = [sum(c) / len(curves) for c in zip(*curves)]

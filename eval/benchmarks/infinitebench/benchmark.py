@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from eval.benchmarks.base import Benchmark, PromptContext, Sample, middle_truncate
 from eval.benchmarks.infinitebench.loaders import HUB_FORMATS, HUB_REPO, load_hub, load_local
@@ -82,6 +82,8 @@ class InfiniteBench(Benchmark):
     max_new_tokens: dict[str, int] | None = None
     min_new_tokens: int = 0  # InfiniteBench generates without a minimum
     version: int = 1  # part of the run identity: bump when prompts or scoring change
+
+    unit: ClassVar[str] = "percent"  # task scores x100, upstream's unit
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:

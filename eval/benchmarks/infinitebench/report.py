@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from eval.benchmarks.infinitebench.tasks import ALL_TASKS
-from eval.tables import write_frame
+from eval.frames import write_frame
 
 
 def task_table(records: Sequence[dict[str, Any]], headline: str = "score") -> pd.DataFrame:
@@ -37,7 +37,6 @@ def summarise(records: Sequence[dict[str, Any]], headline: str = "score") -> dic
     return {
         "score": score,
         "headline_metric": headline,
-        "unit": "percent",
         "average": "mean over tasks",
         "num_samples": len(records),
         "per_task": per_task,

@@ -12,7 +12,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from eval.benchmarks.base import Benchmark, PromptContext, Sample
 from eval.benchmarks.ruler.cache import (
@@ -69,6 +69,8 @@ class Ruler(Benchmark):
     cache: bool = True
     min_new_tokens: int = 0  # RULER generates without a minimum
     version: int = 1  # part of the run identity: bump when prompts or scoring change
+
+    unit: ClassVar[str] = "percent"  # RULER's per-sample scores are x100
 
     def __post_init__(self) -> None:
         self.task_names = resolve_tasks(self.tasks if isinstance(self.tasks, str) else list(self.tasks))

@@ -15,8 +15,8 @@ from typing import Any
 import pandas as pd
 
 from eval.benchmarks.ruler.tasks import ALL_TASKS, TASKS
+from eval.frames import write_frame
 from eval.metrics.ruler import postprocess_pred
-from eval.tables import write_frame
 
 
 def _mean(values: Sequence[float]) -> float:
