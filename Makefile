@@ -55,8 +55,15 @@ test-lowest: $(LOWEST_VENV)/.installed
 	out=$$(mktemp -d) && HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
 	  $(LOWEST_PY) run.py method=lava bench=niah limit=2 progress=false output_root=$$out && rm -rf $$out
 
+# `make run`: the default job is a small comparison (README, "The two commands"): one NIAH sweep of
+# the full cache, SnapKV, Ada-KV and LAVa at budget 128 on 20 cells (lengths 500-2000 x 5 depths),
+# with the embedded model. Deviation from upstream, as configs/sweep/cpu.yaml: bench.min_new_tokens=1
+# (with upstream's 0 SmolLM2 answers end-of-sequence first on most cells and every method scores ~0).
+# `make run ARGS="..."` runs those overrides instead (ARGS="method=lava" for one configuration).
+RUN_DEFAULT ?= bench=niah 'methods=[full,snapkv,adakv,lava]' 'budgets=[128]' \
+               'bench.lengths=[500,1000,1500,2000]' 'bench.depths=[0,25,50,75,100]' bench.min_new_tokens=1
 run: setup
-	$(PY) run.py $(ARGS)
+	$(PY) run.py $(if $(strip $(ARGS)),$(ARGS),$(RUN_DEFAULT))
 
 test: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)

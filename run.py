@@ -14,7 +14,7 @@ from lava.errors import UserError
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> float:
     try:
-        from eval.runner import format_summary, run  # inside: an unsupported transformers is a UserError
+        from eval.runner import run  # inside: an unsupported transformers is a UserError
 
         summary = run(cfg)
     except UserError as exc:
@@ -23,8 +23,20 @@ def main(cfg: DictConfig) -> float:
     except KeyboardInterrupt:
         print("interrupted: finished samples are saved; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
-    print(format_summary(summary))
+    print(summary.format())
+    if hasattr(summary, "runs"):  # a sweep: its runs side by side, with intervals
+        print_comparison([r.run_dir for r in summary.runs])
     return summary.score
+
+
+def print_comparison(run_dirs: list) -> None:
+    """The sweep's score table (mean and 95% interval per run) and, for NIAH, its grid figure."""
+    from eval.score_table import format_score_table, write_niah_figure
+
+    print("\n" + format_score_table(run_dirs))
+    figure = write_niah_figure(run_dirs, run_dirs[0].parent / "niah_grid.png")
+    if figure is not None:
+        print(f"\n  figure: {figure}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,91 @@
+"""The comparison table `make run` prints, on synthetic run folders with hand-computed intervals.
+
+With two samples the bootstrap means take only the values min, midpoint and max (with chances
+1/4, 1/2, 1/4), so over 2000 resamples the 2.5th and 97.5th percentiles are the two samples
+themselves; with one sample, or equal samples, the interval is the mean.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eval.score_table import format_score_table, write_niah_figure
+from tests.run_folders import FIDELITY, make_run
+
+
+def _niah(root: Path, method: str, budget: int | None, recalls: list[float]) -> Path:
+    scores = [(f"niah/{i}", "niah", {"recall": v}) for i, v in enumerate(recalls)]
+    meta = [{"length": 1000 * (1 + i % 2), "depth": 50.0 * (i // 2)} for i in range(len(recalls))]
+    return make_run(
+        root, bench="niah", method=method, budget=budget, scores=scores, headline="recall", meta=meta
+    )
+
+
+def _folders(root: Path) -> list[Path]:
+    return [  # written out of order: the table sorts them
+        _niah(root, "snapkv", 64, [0.2, 0.6]),
+        _niah(root, "lava", 128, [1.0, 1.0]),
+        _niah(root, "full", None, [1.0, 1.0, 1.0, 1.0]),
+        _niah(root, "lava", 64, [0.0, 1.0]),
+        _niah(root, "adakv", 64, [0.5]),
+    ]
+
+
+def test_table_of_niah_runs(tmp_path):
+    expected = "\n".join(
+        [
+            "niah on tiny: recall per sample (higher is better), mean and 95% interval",
+            "method  budget  n  recall    95% interval",
+            "full         -  4   1.000  [1.000, 1.000]",
+            "adakv       64  1   0.500  [0.500, 0.500]",
+            "lava        64  2   0.500  [0.000, 1.000]",
+            "lava       128  2   1.000  [1.000, 1.000]",
+            "snapkv      64  2   0.400  [0.200, 0.600]",
+        ]
+    )
+    assert format_score_table(_folders(tmp_path)) == expected
+
+
+def test_one_table_per_bench_with_its_direction(tmp_path):
+    niah = _niah(tmp_path, "full", None, [0.25, 0.75])
+    fidelity = make_run(
+        tmp_path,
+        bench="fidelity",
+        method="snapkv",
+        budget=64,
+        scores=[("f/0", "essays", {"kl": 0.1}), ("f/1", "code", {"kl": 0.3})],
+        headline="kl",
+        bench_target=FIDELITY,
+    )
+    expected = "\n".join(
+        [
+            "niah on tiny: recall per sample (higher is better), mean and 95% interval",
+            "method  budget  n  recall    95% interval",
+            "full         -  2   0.500  [0.250, 0.750]",
+            "",
+            "fidelity on tiny: kl per sample (lower is better), mean and 95% interval",
+            "method  budget  n     kl    95% interval",
+            "snapkv      64  2  0.200  [0.100, 0.300]",
+        ]
+    )
+    assert format_score_table([niah, fidelity]) == expected
+
+
+def test_niah_figure_of_the_folders(tmp_path):
+    path = write_niah_figure(_folders(tmp_path / "runs"), tmp_path / "niah_grid.png")
+    assert path == tmp_path / "niah_grid.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_niah_figure_without_niah_samples(tmp_path):
+    fidelity = make_run(
+        tmp_path,
+        bench="fidelity",
+        method="snapkv",
+        budget=64,
+        scores=[("f/0", "essays", {"kl": 0.1})],
+        headline="kl",
+        bench_target=FIDELITY,
+    )
+    assert write_niah_figure([fidelity], tmp_path / "niah_grid.png") is None
+    assert not (tmp_path / "niah_grid.png").exists()
