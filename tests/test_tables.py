@@ -217,3 +217,24 @@ def test_write_results_builds_each_bench_table_once(tmp_path, monkeypatch):
     write_results(results_root(tmp_path / "runs"), tmp_path / "r", profile="cpu")
     # tables, figures and claims (lava has a rival at its budgets) read the same two tables
     assert sorted(built) == ["fidelity", "niah"]
+
+
+def test_code_completion_interval_is_on_the_scale_of_its_score(tmp_path):
+    """The table showed 9.30 [0.00, 0.22]: a percent mean with an interval of fractions, because
+    CodeCompletion.aggregate put only the headline on LongBench's 0-100 scale, not the task entry."""
+    from eval.benchmarks.code_completion import CodeCompletion
+
+    values = [0.0, 0.2, 0.4, 0.1, 0.3]  # mean 0.2: 20.0 on LongBench's scale
+    make_run(
+        tmp_path,
+        bench="code_completion",
+        method="lava",
+        budget=64,
+        scores=per_sample("lcc", values),
+        aggregate=CodeCompletion().aggregate,
+        bench_target="eval.benchmarks.code_completion.CodeCompletion",
+    )
+    table = bench_table(find_runs(tmp_path))
+    row = table.frame.iloc[0]
+    assert row["average"] == pytest.approx(20.0)  # one task: the table's only column
+    assert 0.0 <= row["average_low"] < 20.0 < row["average_high"] <= 40.0
