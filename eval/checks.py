@@ -49,6 +49,20 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"shard={shard} num_shards={shards} is invalid; need 0 <= shard < num_shards")
     check_config(cfg)
     check_model_window(cfg)
+    question_setting(cfg)
+
+
+#: ``bench.question``: ``aware`` compresses the question with the context (the whole prompt, today's
+#: runs); ``agnostic`` compresses the context alone and prefills the question into the compressed cache.
+QUESTION_SETTINGS = ("aware", "agnostic")
+
+
+def question_setting(cfg: DictConfig) -> str:
+    """``cfg.bench.question`` (``aware`` when absent), or a one-line error for any other value."""
+    setting = cfg.bench.get("question", "aware") if isinstance(cfg.get("bench"), DictConfig) else "aware"
+    if setting not in QUESTION_SETTINGS:
+        raise UserError(f"bench.question={setting} is invalid; give aware or agnostic (docs/question.md)")
+    return setting
 
 
 def check_model_window(cfg: DictConfig) -> None:

@@ -40,7 +40,12 @@ TIDY_COLUMNS = [
     "lower_is_better",
 ]
 
-_FOLDER = re.compile(r"^(?P<method>.+?)(?:-b(?P<budget>\d+))?-(?P<hash>[0-9a-f]{8})$")
+_FOLDER = re.compile(
+    r"^(?P<method>.+?)(?:-b(?P<budget>\d+))?(?:-(?P<setting>agnostic))?-(?P<hash>[0-9a-f]{8})$"
+)
+#: Suffix of the benchmark name of a question-agnostic run (``bench.question=agnostic``): its tables,
+#: figures and claims are those of a benchmark of its own, ``<bench>_agnostic``, next to the aware one.
+AGNOSTIC_SUFFIX = "_agnostic"
 _SHARD = re.compile(r"-shard\d+of\d+$")
 
 
@@ -174,7 +179,8 @@ def _is_number(value: Any) -> bool:
 
 
 def parse_folder_name(name: str) -> tuple[str, int | None]:
-    """``"lava-b64-1a2b3c4d"`` -> ``("lava", 64)``; ``"full-1a2b3c4d"`` -> ``("full", None)``."""
+    """``"lava-b64-1a2b3c4d"`` -> ``("lava", 64)``; ``"full-1a2b3c4d"`` -> ``("full", None)``;
+    ``"lava-b64-agnostic-1a2b3c4d"`` -> ``("lava", 64)``."""
     match = _FOLDER.match(name)
     if not match:
         raise ValueError(f"not a run folder name: {name}")
@@ -194,6 +200,9 @@ def load_run(path: Path) -> Run:
         return str(node.get("name", fallback)) if isinstance(node, dict) else fallback
 
     method = name("method", method)
+    bench = name("bench", path.parent.name)
+    if (config.get("bench") or {}).get("question") == "agnostic":
+        bench += AGNOSTIC_SUFFIX
     if isinstance(config.get("budget"), int):
         budget = config["budget"]
     if method == FULL_METHOD:
@@ -201,7 +210,7 @@ def load_run(path: Path) -> Run:
     return Run(
         path=path,
         model=name("model", path.parent.parent.name),
-        bench=name("bench", path.parent.name),
+        bench=bench,
         method=method,
         budget=budget,
         scores=scores,

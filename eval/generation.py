@@ -31,6 +31,8 @@ class Generation:
     prefill_seconds: float
     decode_seconds: float
     margins: list[float] = field(default_factory=list)  # top-1 minus top-2 score at each step
+    # Question-agnostic runs: the question part's forward into the compressed cache (0 otherwise).
+    question_seconds: float = 0.0
 
 
 def _sync(device: torch.device) -> None:
@@ -47,6 +49,7 @@ def greedy_generate(
     stop_ids: Iterable[int],
     cache: Any,
     min_new_tokens: int = 1,
+    question_ids: torch.Tensor | None = None,
 ) -> Generation:
     """Generate greedily with the model's own forward, one token per step.
 
@@ -65,6 +68,10 @@ def greedy_generate(
     min_new_tokens : int
         Stop tokens are suppressed for the first ``min_new_tokens`` steps (LongBench's
         ``min_length = prompt + 1``).
+    question_ids : Tensor, shape (1, q), optional
+        The question-agnostic setting: ``input_ids`` is the context part alone (prefilled and
+        compressed), these ids are then prefilled into the compressed cache (:func:`prefill_question`)
+        and the first token follows them. None or empty: ``input_ids`` is the whole prompt.
     """
     if input_ids.shape[0] != 1:
         raise ValueError("greedy_generate supports batch size 1")
@@ -74,9 +81,36 @@ def greedy_generate(
     logits = model(input_ids=input_ids, **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1).logits
     _sync(device)
     prefill = time.perf_counter() - t0
-    (gen,) = greedy_decode(model, logits[0, -1], [cache], max_new_tokens, stop_ids, min_new_tokens)
+    first, question = logits[0, -1], 0.0
+    if question_ids is not None and question_ids.shape[1]:
+        first, question = prefill_question(model, question_ids, cache)
+    (gen,) = greedy_decode(model, first, [cache], max_new_tokens, stop_ids, min_new_tokens)
     gen.prefill_seconds = prefill
+    gen.question_seconds = question
     return gen
+
+
+@torch.inference_mode()
+def prefill_question(model: Any, question_ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, float]:
+    """Prefill the question part into an already prefilled (and compressed) cache.
+
+    Its entries join the cache as decode-time entries (never evicted, as generated tokens), at the
+    positions after the context's; the queries attend to the kept context entries and causally
+    among themselves.
+
+    Returns
+    -------
+    logits : Tensor, shape (V,)
+        Next-token logits after the question (the first generated token's).
+    seconds : float
+        Wall time of the forward.
+    """
+    device = question_ids.device
+    _sync(device)
+    t0 = time.perf_counter()
+    out = model(input_ids=question_ids, **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1)
+    _sync(device)
+    return out.logits[0, -1], time.perf_counter() - t0
 
 
 def _pick(
@@ -130,8 +164,9 @@ def greedy_decode(
 
     Parameters
     ----------
-    first_logits : Tensor, shape (V,)
-        Next-token logits after the prompt (the same for every cache: the prefill is full attention).
+    first_logits : Tensor, shape (V,) or (B, V)
+        Next-token logits after the prompt: one row for every cache (the prefill is full attention),
+        or one per cache (the question-agnostic setting: each cache prefilled its question itself).
     caches : list
         Prefilled caches of the prompt. One cache decodes alone (any ``transformers`` cache); several
         must be :class:`~lava.cache.CompressedCache` and decode as one batch
@@ -154,10 +189,13 @@ def greedy_decode(
     reasons = ["length"] * len(caches)
     _sync(device)
     t0 = time.perf_counter()
-    # The first token is the same for every cache: pick it once and give it to each row.
-    first, ((token, margin, stopped),) = _pick(first_logits[None], 0, stop, min_new_tokens)
+    if first_logits.dim() == 1:  # the same first token for every cache: picked once, given to each row
+        first, ((token, margin, stopped),) = _pick(first_logits[None], 0, stop, min_new_tokens)
+        first, picked = first.expand(len(caches)), [(token, margin, stopped)] * len(caches)
+    else:
+        first, picked = _pick(first_logits, 0, stop, min_new_tokens)
     active = []
-    for row in range(len(caches)):
+    for row, (token, margin, stopped) in enumerate(picked):
         tokens[row].append(token)
         margins[row].append(margin)
         if stopped:
@@ -165,7 +203,8 @@ def greedy_decode(
         elif max_new_tokens > 1:
             active.append(row)
     if active:
-        last = first.expand(len(active)).contiguous()  # (B,) the next input ids, on the device
+        index = torch.tensor(active, device=device)
+        last = first.index_select(0, index).contiguous()  # (B,) the next input ids, on the device
         if len(caches) == 1:
             batch = caches[0]
         else:

@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 from hydra.utils import get_class  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from eval.collect import FULL_METHOD, Run, kept_mean  # noqa: E402
+from eval.collect import AGNOSTIC_SUFFIX, FULL_METHOD, Run, kept_mean  # noqa: E402
 from eval.heatmap import NIAH_CMAP, save_figure  # noqa: E402
 from eval.method_configs import display_order, is_full, method_node  # noqa: E402
 from eval.tables import (  # noqa: E402
@@ -381,7 +381,9 @@ def write_figures(result: ResultTables, out: Path, perf_csv: Path | None = None)
             group = result.groups[(model, table.bench)]
             written.append(score_vs_budget(table, folder / f"{table.bench}_vs_budget.png"))
             optional = [
-                niah_grid(group, folder / "niah_grid.png") if table.bench == "niah" else None,
+                niah_grid(group, folder / f"{table.bench}_grid.png")
+                if table.bench in ("niah", "niah" + AGNOSTIC_SUFFIX)
+                else None,
                 budget_heatmaps(group, folder / f"{table.bench}_budget_heads.png"),
                 layer_budget_lines(group, folder / f"{table.bench}_budget_layers.png"),
                 attn_err_curves(group, folder / f"{table.bench}_attn_err.png"),

@@ -32,26 +32,35 @@ PHASES = ("prefill_seconds", "scoring_seconds", "allocation_seconds", "decode_se
 
 
 def run_identity(cfg: DictConfig) -> dict[str, Any]:
-    """What identifies a run: :data:`IDENTITY_KEYS`, without the budget for the full cache."""
+    """What identifies a run: :data:`IDENTITY_KEYS`, without the budget for the full cache.
+
+    ``bench.question`` enters only when it is ``agnostic``: an ``aware`` run (the only setting before
+    the key existed) keeps the identity, hence the folder, it always had, so old folders resume.
+    """
     keys = [k for k in IDENTITY_KEYS if not (k == "budget" and is_full(cfg.method))]
-    return {
+    identity = {
         k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
         for k in keys
     }
+    if identity["bench"].get("question") == "aware":
+        del identity["bench"]["question"]
+    return identity
 
 
 def run_dir_for(cfg: DictConfig) -> Path:
-    """``<output_root>/<model>/<bench>/<method>-b<budget>-<hash>`` (``full-<hash>`` for the full cache);
+    """``<output_root>/<model>/<bench>/<method>-b<budget>-<hash>`` (``full-<hash>`` for the full cache,
+    ``-agnostic`` before the hash in the question-agnostic setting);
     the hash covers :func:`run_identity`."""
     identity = json.dumps(run_identity(cfg), sort_keys=True, default=str)
     digest = hashlib.sha1(identity.encode()).hexdigest()[:8]
     shard = f"-shard{cfg.shard}of{cfg.num_shards}" if cfg.get("num_shards", 1) > 1 else ""
     budget = "" if is_full(cfg.method) else f"-b{cfg.budget}"
+    setting = "-agnostic" if cfg.bench.get("question") == "agnostic" else ""
     return (
         Path(str(cfg.output_root))
         / cfg.model.name
         / cfg.bench.name
-        / f"{cfg.method.name}{budget}-{digest}{shard}"
+        / f"{cfg.method.name}{budget}{setting}-{digest}{shard}"
     )
 
 
@@ -81,10 +90,13 @@ def make_record(
     gen: Any,
     cache: Any,
     phases: dict[str, float],
+    context_tokens: int | None = None,
 ) -> dict[str, Any]:
     """One line of ``predictions.jsonl``: the prediction, what the cache kept, timings, scores.
 
-    ``gen`` is the sample's :class:`~eval.generation.Generation`; ``phases`` its :data:`PHASES` seconds.
+    ``gen`` is the sample's :class:`~eval.generation.Generation`; ``phases`` its :data:`PHASES` seconds
+    (and ``question_seconds`` in the question-agnostic setting, whose records also give
+    ``context_tokens``: the prompt tokens that were compressed, the rest being the question part).
     """
     record = {
         "id": sample.id,
@@ -93,6 +105,7 @@ def make_record(
         "references": sample.references,
         "meta": sample.meta,
         "prompt_tokens": len(prompt_ids),
+        **({} if context_tokens is None else {"context_tokens": context_tokens}),
         "new_tokens": len(gen.token_ids),
         "stop_reason": gen.stop_reason,
         **{name: round(seconds, 4) for name, seconds in phases.items()},

@@ -43,17 +43,23 @@ class SingleStep:
     def __call__(self, loop: SampleLoop, sample: Sample, pending: list[Target]) -> dict[str, str] | None:
         (target,) = pending
         prompt_ids, stops, input_ids = loop.inputs(sample)
-        cache = build_generation_cache(target.method, loop.model, sample.max_new_tokens)
+        # Question-agnostic: the context part is prefilled (and compressed) alone, the question after
+        # as decode-time entries (room reserved for them as for the generated tokens).
+        context = loop.context_tokens(sample, prompt_ids)
+        split = len(prompt_ids) if context is None else context
+        reserve = sample.max_new_tokens + len(prompt_ids) - split
+        cache = build_generation_cache(target.method, loop.model, reserve)
         if self.bench.teacher_forced:  # scored in one prefill and two forwards, no decoding
             target.write(self.bench.run_sample(loop.model, cache, prompt_ids, sample))
             return None
         gen = greedy_generate(
             loop.model,
-            input_ids,
+            input_ids[:, :split],
             max_new_tokens=sample.max_new_tokens,
             stop_ids=stops,
             cache=cache,
             min_new_tokens=loop.min_new,
+            question_ids=input_ids[:, split:],
         )
         # A compressing cache times its scoring and allocation; a DynamicCache has neither.
         timings = getattr(cache, "timings", {})
@@ -63,7 +69,9 @@ class SingleStep:
             "allocation_seconds": timings.get("allocation", 0.0),
             "decode_seconds": gen.decode_seconds,
         }
-        record = make_record(sample, self.bench, loop.tokenizer, prompt_ids, gen, cache, phases)
+        if context is not None:
+            phases["question_seconds"] = gen.question_seconds
+        record = make_record(sample, self.bench, loop.tokenizer, prompt_ids, gen, cache, phases, context)
         target.write(record)
         headline = self.bench.headline_metric()
         return {headline: f"{record['scores'][headline]:.2f}"}

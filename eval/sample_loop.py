@@ -9,6 +9,7 @@ the folders opened, so a refused run loads no model and writes nothing.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from tqdm.auto import tqdm
 
 from eval import checks
@@ -31,7 +32,10 @@ from lava.models import ModelSpec, as_spec, load_model, load_tokenizer, newline_
 
 def build_benchmark(cfg: DictConfig) -> Benchmark:
     """The benchmark of ``cfg.bench`` (its constructor's checks run here, before any model loads)."""
-    bench = build_node(cfg.bench, "bench")
+    node = copy.deepcopy(cfg)  # the question setting is the run's, not a constructor argument
+    with open_dict(node.bench):
+        node.bench.pop("question", None)
+    bench = build_node(node.bench, "bench")
     if not isinstance(bench, Benchmark):
         raise UserError(f"bench {cfg.bench.name!r} does not build a Benchmark; check its _target_")
     checks.check_benchmark(bench)
@@ -46,6 +50,74 @@ def build_prompt_ids(sample: Sample, tokenizer: Any, spec: ModelSpec) -> list[in
         )
         return tokenizer.encode(text + sample.answer_prefix, add_special_tokens=False)
     return tokenizer.encode(sample.prompt + sample.answer_prefix, add_special_tokens=True)
+
+
+def build_prompt_parts(sample: Sample, tokenizer: Any, spec: ModelSpec) -> tuple[list[int], list[int]]:
+    """:func:`build_prompt_ids` split into the context part and the question part (docs/question.md).
+
+    The whole input is tokenized as the aware setting does; the split is the token index where the
+    question begins (``sample.question_start``, a character offset into ``sample.prompt``). The
+    text before it (inside the chat-wrapped text when the chat template applies) is tokenized
+    alone and the split is the longest common prefix of its ids with the whole input's: where a
+    token spans the boundary (a BPE merge of the context's last characters with the question's
+    first ones, or whitespace runs tokenized differently at the end of a text), that token goes to
+    the question part, and the parts still re-assemble the input exactly.
+
+    Parameters
+    ----------
+    sample : Sample
+    tokenizer : transformers.PreTrainedTokenizerBase
+    spec : ModelSpec
+
+    Returns
+    -------
+    context_ids, question_ids : list of int
+        Shapes (c,) and (n - c,), with ``context_ids + question_ids == build_prompt_ids(...)``, the
+        (n,) ids of the aware setting. The question part holds the question text, the chat
+        template's closing text and the answer prefix; it is empty when ``question_start`` is None
+        (a sample without a question: both settings then compute the same thing).
+    """
+    ids = build_prompt_ids(sample, tokenizer, spec)
+    start = sample.question_start
+    if start is None:
+        return ids, []
+    if not 0 <= start <= len(sample.prompt):
+        raise ValueError(
+            f"sample {sample.id}: question_start={start} lies outside its {len(sample.prompt)}-character prompt"
+        )
+    if sample.chat and spec.chat_template and tokenizer.chat_template:  # build_prompt_ids' condition
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": sample.prompt}], add_generation_prompt=True, tokenize=False
+        )
+        head = tokenizer.encode(
+            text[: _user_text_offset(text, sample.prompt, start)], add_special_tokens=False
+        )
+    else:
+        head = tokenizer.encode(sample.prompt[:start], add_special_tokens=True)
+    split = 0
+    for a, b in zip(head, ids):  # tokens after a boundary-spanning one may differ too: stop at the first
+        if a != b:
+            break
+        split += 1
+    return ids[:split], ids[split:]
+
+
+def _user_text_offset(text: str, prompt: str, start: int) -> int:
+    """Offset into the chat-wrapped ``text`` of character ``start`` of the user text ``prompt``.
+
+    The user turn is the last place the prompt appears (a system prompt comes before it). Some chat
+    templates trim the user text; then its stripped form is searched and the offset moved by the
+    whitespace removed in front.
+    """
+    at = text.rfind(prompt)
+    if at >= 0:
+        return at + start
+    stripped = prompt.strip()
+    at = text.rfind(stripped)
+    if at < 0:
+        raise ValueError("the chat template rewrites the user text: cannot locate the question in it")
+    lead = len(prompt) - len(prompt.lstrip())
+    return at + min(max(start - lead, 0), len(stripped))
 
 
 def load_samples(cfg: DictConfig, bench: Benchmark, tokenizer: Any, spec: ModelSpec) -> list[Sample]:
@@ -100,6 +172,7 @@ class SampleLoop:
 
         torch.manual_seed(cfg.seed)
         self.cfg, self.bench, self.spec = cfg, bench, spec
+        self.question = checks.question_setting(cfg)
         self.tokenizer = load_tokenizer(spec)
         self.samples: list[Sample] = load_samples(cfg, bench, self.tokenizer, spec)
         self.model: Any = None
@@ -139,6 +212,16 @@ class SampleLoop:
         self.warn.check(sample, prompt_ids)
         stops = self.eos_ids + ([self.newline_id] if sample.stop_newline else [])
         return prompt_ids, stops, torch.tensor([prompt_ids], device=self.device)
+
+    def context_tokens(self, sample: Sample, prompt_ids: list[int]) -> int | None:
+        """In the question-agnostic setting, how many of ``prompt_ids`` form the context part (the rest
+        is the question part, :func:`build_prompt_parts`); None in the aware setting."""
+        if self.question != "agnostic":
+            return None
+        context, question = build_prompt_parts(sample, self.tokenizer, self.spec)
+        if context + question != prompt_ids:  # the split must re-assemble the aware prompt exactly
+            raise RuntimeError(f"sample {sample.id}: context + question parts differ from the prompt")
+        return len(context)
 
 
 @dataclass

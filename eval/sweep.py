@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from eval.benchmarks.base import Benchmark, Sample
 from eval.checks import validate
-from eval.generation import Generation, greedy_decode
+from eval.generation import Generation, greedy_decode, prefill_question
 from eval.method_configs import build_method, configurations, resolve_budgets, resolve_methods, single_config
 from eval.run_folder import RunSummary, make_record, memory_lines, run_dir_for
 from eval.sample_loop import SampleLoop, Target, build_benchmark, run_loop
@@ -67,18 +67,32 @@ class SharedPrefill:
 
     Attributes
     ----------
-    logits : Tensor, shape (V,)
-        Next-token logits after the prompt.
+    logits : Tensor, shape (V,) or (C, V)
+        Next-token logits after the prompt; after :meth:`prefill_question`, one row per cache.
     caches : list
         Per requested method: its :class:`~lava.cache.CompressedCache`, or, for ``None`` (the full
         cache), a ``DynamicCache`` of the prefill.
     seconds : dict
-        ``prefill`` (the forward), ``scoring`` per scorer key, ``allocation`` per cache index.
+        ``prefill`` (the forward), ``scoring`` per scorer key, ``allocation`` per cache index, and
+        after :meth:`prefill_question` ``question`` per cache index.
     """
 
     logits: Any
     caches: list[Any]
     seconds: dict[str, Any]
+
+    def prefill_question(self, model: Any, question_ids: Any) -> None:
+        """The question-agnostic setting: prefill the question part into every cache, one forward per
+        cache (each sees its own kept context entries, so the first tokens differ by cache)."""
+        import torch
+
+        rows, seconds = [], []
+        for cache in self.caches:
+            logits, spent = prefill_question(model, question_ids, cache)
+            rows.append(logits)
+            seconds.append(spent)
+        self.logits = torch.stack(rows)
+        self.seconds["question"] = seconds
 
 
 def shared_prefill(model: Any, input_ids: Any, methods: list[Any], reserve: int) -> SharedPrefill:
@@ -86,8 +100,8 @@ def shared_prefill(model: Any, input_ids: Any, methods: list[Any], reserve: int)
     from lava.prefill import build_cache_from_capture, capture_prefill, score_methods, synchronize
 
     compressing = [m for m in methods if m is not None]
-    window = max((m.window for m in compressing), default=1)
     t0 = time.perf_counter()
+    window = max((m.window for m in compressing), default=1)
     capture, logits = capture_prefill(model, input_ids, window)
     synchronize(logits)
     prefill = time.perf_counter() - t0
@@ -131,7 +145,7 @@ def decode_all(
     for rows in batches:
         out = greedy_decode(
             model,
-            prefill.logits,
+            prefill.logits if prefill.logits.dim() == 1 else prefill.logits[rows],
             [prefill.caches[i] for i in rows],
             max_new_tokens,
             stops,
@@ -161,6 +175,7 @@ class SampleRecords:
     prefill_seconds: dict[str, Any]
     targets: list[Target]
     seconds: float = 0.0
+    context_tokens: int | None = None  # the question-agnostic setting's context part
 
     def __call__(self, k: int, gen: Generation, cache: Any) -> None:
         t0 = time.perf_counter()
@@ -172,7 +187,12 @@ class SampleRecords:
             "allocation_seconds": shared["allocation"][k],
             "decode_seconds": gen.decode_seconds,  # the decode batch's
         }
-        target.write(make_record(self.sample, self.bench, self.tokenizer, self.prompt_ids, gen, cache, times))
+        if "question" in shared:
+            times["question_seconds"] = shared["question"][k]  # this cache's own question forward
+        record = make_record(
+            self.sample, self.bench, self.tokenizer, self.prompt_ids, gen, cache, times, self.context_tokens
+        )
+        target.write(record)
         self.seconds += time.perf_counter() - t0
 
 
@@ -207,8 +227,16 @@ class SweepStep:
             for target, record in zip(pending, records):
                 target.write(record)
             return
-        prefill = shared_prefill(loop.model, input_ids, methods, sample.max_new_tokens)
-        recorder = SampleRecords(sample, self.bench, loop.tokenizer, prompt_ids, prefill.seconds, pending)
+        # Question-agnostic: the context part is prefilled once for all, the question per cache.
+        context = loop.context_tokens(sample, prompt_ids)
+        split = len(prompt_ids) if context is None else context
+        question = len(prompt_ids) - split
+        prefill = shared_prefill(loop.model, input_ids[:, :split], methods, sample.max_new_tokens + question)
+        if context is not None:
+            prefill.prefill_question(loop.model, input_ids[:, split:])
+        recorder = SampleRecords(
+            sample, self.bench, loop.tokenizer, prompt_ids, prefill.seconds, pending, context_tokens=context
+        )
         t0 = time.perf_counter()
         # Each cache is dropped as soon as its record is written (decode_all's on_done).
         decode_all(
@@ -222,6 +250,8 @@ class SweepStep:
         self.phases["prefill"] += prefill_seconds["prefill"]
         self.phases["scoring"] += sum(prefill_seconds["scoring"].values())
         self.phases["allocation"] += sum(prefill_seconds["allocation"])
+        if "question" in prefill_seconds:
+            self.phases["question"] = self.phases.get("question", 0.0) + sum(prefill_seconds["question"])
 
 
 def sweep_targets(cfg: DictConfig) -> list[Target]:

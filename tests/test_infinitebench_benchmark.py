@@ -31,6 +31,7 @@ def test_config_file_builds_the_benchmark():
     from hydra.utils import instantiate
 
     cfg = yaml.safe_load((REPO / "configs" / "bench" / "infinitebench.yaml").read_text())
+    assert cfg.pop("question") == "aware"  # the run's setting (eval.sample_loop.build_benchmark drops it)
     bench = instantiate(cfg, _convert_="all")
     assert isinstance(bench, InfiniteBench) and bench.name == "infinitebench"
     assert bench.tasks == list(PAPER_TASKS) and bench.source == "hub"

@@ -7,13 +7,12 @@ import pandas as pd
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from eval.benchmarks.base import PromptContext
 from eval.benchmarks.ruler import Ruler
 from eval.benchmarks.ruler import benchmark as ruler_benchmark
 from eval.benchmarks.ruler.cache import cache_file
-from eval.sample_loop import build_prompt_ids
+from eval.sample_loop import build_benchmark, build_prompt_ids
 from lava.errors import UserError
 from lava.models import as_spec
 
@@ -36,7 +35,7 @@ OFFLINE = [
 def build(*overrides):
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "configs")):
         cfg = compose("config", overrides=["bench=ruler", *overrides])
-    return instantiate(cfg.bench, _convert_="all")
+    return build_benchmark(cfg)  # as the runner builds it (bench.question is the run's, not the class's)
 
 
 def test_config_defaults_and_task_selection():

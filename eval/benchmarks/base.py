@@ -10,7 +10,7 @@ re-run from ``predictions.jsonl`` alone.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,6 +40,14 @@ class Sample:
         Stop generation at the first newline token (LongBench samsum, NIAH lineage).
     meta : dict
         JSON-serialisable extras the scorer or the tables need (depth, length, classes, ...).
+    question_start : int or None
+        Character offset into ``prompt`` where the question part begins (the question-agnostic
+        setting, docs/question.md): ``prompt[:question_start]`` is the context part, compressed
+        alone; ``prompt[question_start:]``, the chat template's closing text and ``answer_prefix``
+        form the question part, prefilled after compression. ``len(prompt)`` means the question part
+        is only what follows the user text; None means the sample has no question: the whole
+        input is context and the two settings coincide. :func:`eval.sample_loop.build_prompt_parts`
+        turns it into token ids.
     """
 
     id: str
@@ -51,6 +59,7 @@ class Sample:
     answer_prefix: str = ""
     stop_newline: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    question_start: int | None = None
 
 
 @dataclass
@@ -277,3 +286,30 @@ def middle_truncate(text: str, tokenizer: Any, max_tokens: int) -> str:
     return tokenizer.decode(ids[:half], skip_special_tokens=True) + tokenizer.decode(
         ids[-half:], skip_special_tokens=True
     )
+
+
+def text_after(template: str, marker: str, fields: Mapping[str, Any]) -> str:
+    """The filled text of ``template`` that follows the first occurrence of ``marker``.
+
+    ``marker`` is literal template text, usually the ``"{context}"`` field itself: with it the
+    result is the question part's text as the template writes it. ``str.format`` fills a template
+    piece by piece, so the result is a suffix of ``template.format(**fields)``.
+    """
+    return template[template.index(marker) + len(marker) :].format(**fields)
+
+
+def question_offset(prompt: str, question: str) -> int:
+    """Where ``question`` (the filled text after the context, :func:`text_after`) begins in ``prompt``.
+
+    ``question`` ends the prompt as built, so the offset is ``len(prompt) - len(question)``. A
+    middle-truncated prompt (:func:`middle_truncate`) keeps its last tokens, so the question
+    normally survives whole; when the cut went into the question itself, or decoding the kept
+    tokens changed a character of it, the question part is the longest end of ``question`` that
+    still ends the prompt (possibly nothing: the offset is then ``len(prompt)``).
+    """
+    if prompt.endswith(question):
+        return len(prompt) - len(question)
+    kept = 0
+    while kept < min(len(prompt), len(question)) and prompt[-1 - kept] == question[-1 - kept]:
+        kept += 1
+    return len(prompt) - kept

@@ -11,6 +11,13 @@ installed with ``--no-deps``): pure Python, long files (22 modules over 20 kB), 
 A sample is one file cut at a line boundary so that the context before the cut has about ``length``
 tokens; the reference is the next non-empty line. Lines a model cannot predict from the context
 alone are never chosen as references (:func:`predictable_line`).
+
+A sample has no question (``Sample.question_start`` is None): the whole prompt, the template's
+closing cue "Next line of code:" included, is context, so the question part of the
+question-agnostic setting is empty and the two settings (docs/question.md) compute the same thing.
+The cue is the same for every sample and asks nothing the code does not already say. (LongBench's
+own ``lcc`` task in ``bench=longbench`` follows that benchmark's rule instead: its question part is
+the cue after the context.)
 """
 
 from __future__ import annotations
@@ -277,6 +284,7 @@ class CodeCompletion(Benchmark):
             references=[lines[cut.stop].strip()],  # LCC's ground truths are stripped lines
             max_new_tokens=self.max_new_tokens,
             chat=False,  # LongBench pred.py: lcc is asked without the chat template
+            question_start=None,  # no question: agnostic == aware (module docstring)
             meta={
                 "length": length,
                 "file": cut.path,

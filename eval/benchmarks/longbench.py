@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from eval.benchmarks.base import Benchmark, PromptContext, Sample, middle_truncate
+from eval.benchmarks.base import (
+    Benchmark,
+    PromptContext,
+    Sample,
+    middle_truncate,
+    question_offset,
+    text_after,
+)
 from eval.benchmarks.longbench_loader import HUB_REPO, cached_data_dir, local_data_dir, read_task, task_file
 from eval.benchmarks.longbench_scores import (
     aggregate_longbench,
@@ -105,6 +112,11 @@ class LongBench(Benchmark):
         for index, record in enumerate(records):
             prompt = build_prompt(template, record)
             truncated = middle_truncate(prompt, tokenizer, limit)
+            # Question-agnostic split (docs/longbench.md): the question part is all the template
+            # writes after {context}. Where a template states its instruction before the context
+            # and again after it (narrativeqa, qasper, hotpotqa, ...: LongBench
+            # config/dataset2prompt.json), only the copy after the context is in the question part.
+            question = text_after(template, "{context}", record)
             base_id = f"{prefix}/{record.get('_id') or index}"
             # Ids must be unique; repeated upstream _id values get a stable suffix.
             seen[base_id] = seen.get(base_id, 0) + 1
@@ -123,6 +135,7 @@ class LongBench(Benchmark):
                     "language": record.get("language"),
                     "truncated": truncated != prompt,
                 },
+                question_start=question_offset(truncated, question),
             )
 
     def score(self, record: dict[str, Any]) -> dict[str, float]:

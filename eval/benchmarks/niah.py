@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from eval.benchmarks.base import Benchmark, PromptContext, Sample
+from eval.benchmarks.base import Benchmark, PromptContext, Sample, question_offset, text_after
 from eval.benchmarks.haystack import paul_graham_essays
 from eval.heatmap import niah_heatmap
 from eval.metrics.niah import NEEDLE_ANSWER, exact_match, rouge1_f, unigram_recall
@@ -24,6 +24,9 @@ PROMPT_TEMPLATE = (
     "<|im_start|> This is a very long story book: <book> {context} </book>.\n"
     " Based on the content of the book, Question: {question}\nAnswer:"
 )
+# Question-agnostic split (docs/question.md): the context part ends with the book's closing tag, the
+# question part is the rest: "\n Based on the content of the book, Question: ...\nAnswer:".
+CONTEXT_END = "</book>."
 
 
 @dataclass
@@ -101,15 +104,18 @@ class NeedleHaystack(Benchmark):
             for depth in self.depths:
                 context = insert_needle(haystack_ids, needle_ids, length - self.buffer, depth, period_ids)
                 text = tok.decode(context, skip_special_tokens=False)
+                prompt = PROMPT_TEMPLATE.format(context=text, question=self.question)
+                question = text_after(PROMPT_TEMPLATE, CONTEXT_END, {"question": self.question})
                 yield Sample(
                     id=f"niah_L{length}_D{depth:g}",
                     task="niah",
-                    prompt=PROMPT_TEMPLATE.format(context=text, question=self.question),
+                    prompt=prompt,
                     references=[self.needle.strip()],
                     max_new_tokens=self.max_new_tokens,
                     chat=False,
                     stop_newline=True,
                     meta={"length": length, "depth": depth},
+                    question_start=question_offset(prompt, question),
                 )
 
     def headline_metric(self) -> str:

@@ -4,6 +4,10 @@ Samples are windows of the shipped essays and of the code corpus (the pinned pac
 as in ``bench=code_completion``): ``length`` context tokens followed by their true ``m + 1`` tokens.
 Each sample is scored in one prefill and two teacher-forced forwards (:func:`measure`), with no
 decoding loop; the metrics are in :mod:`eval.metrics.fidelity`.
+
+A sample has no question (``Sample.question_start`` is None): the whole window is context, the
+question part of the question-agnostic setting is empty, and the two settings (docs/question.md)
+compute the same thing.
 """
 
 from __future__ import annotations
@@ -115,6 +119,7 @@ class Fidelity(Benchmark):
                         max_new_tokens=m,
                         chat=False,
                         meta={"length": length, "continuation_ids": window[length:]},
+                        question_start=None,  # no question: agnostic == aware
                     )
 
     def run_sample(self, model: Any, cache: Any, prompt_ids: Sequence[int], sample: Sample) -> dict[str, Any]:

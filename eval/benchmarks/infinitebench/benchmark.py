@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from eval.benchmarks.base import Benchmark, PromptContext, Sample, middle_truncate
+from eval.benchmarks.base import Benchmark, PromptContext, Sample, middle_truncate, question_offset
 from eval.benchmarks.infinitebench.loaders import HUB_FORMATS, HUB_REPO, load_hub, load_local
-from eval.benchmarks.infinitebench.prompts import create_prompt, get_answer, split_answer_cue
+from eval.benchmarks.infinitebench.prompts import create_prompt, get_answer, question_text, split_answer_cue
 from eval.benchmarks.infinitebench.report import summarise, write_tables
 from eval.benchmarks.infinitebench.synthetic import generate
 from eval.benchmarks.infinitebench.synthetic.cache import (
@@ -164,7 +164,11 @@ class InfiniteBench(Benchmark):
         text = middle_truncate(full_text, ctx.tokenizer, limit)
         truncated = text != full_text
         chat = self.uses_chat(ctx)
+        start = question_offset(text, question_text(example, task))
         prompt, cue = split_answer_cue(task, text) if chat else (text, "")
+        # In chat mode the cue leaves the user text (it becomes the answer prefix, after the chat
+        # template): a question that was only the cue leaves nothing of itself in the prompt.
+        start = min(start, len(prompt))
         references = get_answer(example, task)
         return Sample(
             id=f"{task}-{example.id}",
@@ -181,6 +185,7 @@ class InfiniteBench(Benchmark):
                 "truncated": truncated,
                 **example.meta,
             },
+            question_start=start,
         )
 
     def generation_limit(self, task: str, references: list[Any]) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from eval.benchmarks.base import text_after
 from eval.benchmarks.infinitebench.tasks import Example
 
 # yarn_mistral_templates in OpenBMB/InfiniteBench src/prompt.py (@88b3daa), verbatim.
@@ -86,29 +87,26 @@ def _options(example: Example) -> dict[str, str]:
     return {f"OPTION_{letter}": example.options[i] for i, letter in enumerate("ABCD")}
 
 
-def create_prompt(example: Example, task: str) -> str:
-    """Fill the yarn_mistral template of ``task``, with ``create_prompt``'s special cases.
+def template_fields(example: Example, task: str) -> dict[str, str]:
+    """The values ``create_prompt`` fills the yarn_mistral template of ``task`` with.
 
     Mirrors ``create_prompt`` in src/eval_utils.py for the open-model templates: code_run extracts
     ``func_N(x)`` from the input, math_find turns "The <target> of" into a "What is <target> in the
     following list?" prefix, the choice tasks fill four options,
     and the book/dialogue tasks pass the input as ``{question}``.
     """
-    template = YARN_MISTRAL_TEMPLATES[task]
     if task == "code_run":
         func_call = re.findall(r"func_[0-9]+\(\-?[0-9]+\)", example.input)[0]
         func = func_call.split("(")[0]
-        return template.format(func=func, func_call=func_call, context=example.context)
+        return {"func": func, "func_call": func_call, "context": example.context}
     if task == "code_debug":
-        return template.format(context=example.context, **_options(example))
-    if task == "longdialogue_qa_eng":
-        return template.format(context=example.context)
+        return {"context": example.context, **_options(example)}
+    if task in ("longdialogue_qa_eng", "longbook_sum_eng", "math_calc"):
+        return {"context": example.context}
     if task == "longbook_choice_eng":
-        return template.format(question=example.input, context=example.context, **_options(example))
+        return {"question": example.input, "context": example.context, **_options(example)}
     if task in ("longbook_qa_eng", "longbook_qa_chn"):
-        return template.format(question=example.input, context=example.context)
-    if task in ("longbook_sum_eng", "math_calc"):
-        return template.format(context=example.context)
+        return {"question": example.input, "context": example.context}
     if task == "math_find":
         found = re.findall(r"The .+ of", example.input)
         if not found:
@@ -116,8 +114,24 @@ def create_prompt(example: Example, task: str) -> str:
         # "[:-3]" drops " of" (with its space): "What is the largest number in the following list?".
         target = found[0].lower()[:-3]
         prefix = f"What is {target} in the following list?"
-        return template.format(prefix=prefix, context=example.context, input=example.input)
-    return template.format(context=example.context, input=example.input)
+        return {"prefix": prefix, "context": example.context, "input": example.input}
+    return {"context": example.context, "input": example.input}
+
+
+def create_prompt(example: Example, task: str) -> str:
+    """Fill the yarn_mistral template of ``task`` (upstream ``create_prompt``, :func:`template_fields`)."""
+    return YARN_MISTRAL_TEMPLATES[task].format(**template_fields(example, task))
+
+
+def question_text(example: Example, task: str) -> str:
+    """The question part of ``task``'s filled prompt: everything its template writes after ``{context}``.
+
+    Templates that state the task before the context (math_find's "What is ... in the following
+    list?", code_run's "There is a function called ...") keep that statement in the context part;
+    the question part is what follows the context (src/prompt.py). Where nothing but the answer cue
+    follows (longbook_sum_eng, math_calc, longdialogue_qa_eng), the question part is that cue.
+    """
+    return text_after(YARN_MISTRAL_TEMPLATES[task], "{context}", template_fields(example, task))
 
 
 def split_answer_cue(task: str, prompt: str) -> tuple[str, str]:

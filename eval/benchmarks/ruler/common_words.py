@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from eval.benchmarks.base import question_offset, text_after
 from eval.benchmarks.ruler.fit import Draft, SizedGenerator, TokenCounter
 from eval.benchmarks.ruler.templates import TEMPLATES
 from eval.benchmarks.ruler.words import common_words_vocabulary
@@ -104,9 +105,14 @@ class CommonWordsGenerator(SizedGenerator):
             shots.append(filled + task.answer_prefix + " " + numbered(answer))
         context, answer = self.example(size, main_cw, main_ucw, rng)
         main = task.template.format(num_cw=self.num_cw, context=context, query="")
+        prompt = "\n".join(shots) + "\n" + main
+        # Question part: "\nQuestion: What are the 10 most common words in the above list?" of the main
+        # list (the few-shot block before it, answered, is context).
+        question = text_after(task.template, "{context}", {"num_cw": self.num_cw, "query": ""})
         return Draft(
-            prompt="\n".join(shots) + "\n" + main,
+            prompt=prompt,
             answer_prefix=task.answer_prefix,
             references=answer,
             meta={"repeats": [main_cw, main_ucw]},
+            question_start=question_offset(prompt, question),
         )

@@ -32,12 +32,17 @@ class Draft:
         Gold answers (RULER's ``outputs``).
     meta : dict
         Family-specific facts (needle depths, counts) kept for tables and tests.
+    question_start : int or None
+        Offset into ``prompt`` where the question part begins
+        (:attr:`eval.benchmarks.base.Sample.question_start`): right after the task template's
+        ``{context}`` field, so the question part is the template's text after the haystack.
     """
 
     prompt: str
     answer_prefix: str
     references: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
+    question_start: int | None = None
 
 
 class TokenCounter:

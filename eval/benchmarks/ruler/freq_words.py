@@ -14,6 +14,7 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from eval.benchmarks.base import question_offset, text_after
 from eval.benchmarks.ruler.fit import Draft, SizedGenerator, TokenCounter
 from eval.benchmarks.ruler.templates import TEMPLATES
 from lava.errors import UserError
@@ -93,11 +94,15 @@ class FreqWordsGenerator(SizedGenerator):
         counts = zipf_counts(num_words, len(vocab), self.alpha)
         words = [w for w, c in zip(vocab, counts, strict=True) for _ in range(c)]
         random.Random(self.seed).shuffle(words)
+        prompt = task.template.format(context=" ".join(words), query="")
+        # Question part: "\nQuestion: Do not provide any explanation. ... in the above coded text?"
+        question = text_after(task.template, "{context}", {"query": ""})
         return Draft(
-            prompt=task.template.format(context=" ".join(words), query=""),
+            prompt=prompt,
             answer_prefix=task.answer_prefix,
             references=vocab[1:4],
             meta={"counts": dict(zip(vocab[:4], counts[:4], strict=True)), "num_words": num_words},
+            question_start=question_offset(prompt, question),
         )
 
     def draft(self, size: int, rng: random.Random, index: int) -> Draft:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from eval.benchmarks.base import question_offset, text_after
 from eval.benchmarks.ruler.essay import essay_sentences
 from eval.benchmarks.ruler.fit import Draft, SizedGenerator
 from eval.benchmarks.ruler.templates import NEEDLE, NOISE, SINGULAR_REPLACEMENTS, TEMPLATES
@@ -149,9 +150,13 @@ class NiahGenerator(SizedGenerator):
         answers = [value for i in queried for value in values[i]]
         query = query_text([keys[i] for i in queried])
         template, prefix, type_v = self._templates()
+        prompt = template.format(type_needle_v=type_v, context=context, query=query)
+        # Question part: "\nWhat are all the special magic ... for <query> mentioned in the provided text?"
+        question = text_after(template, "{context}", {"type_needle_v": type_v, "query": query})
         return Draft(
-            prompt=template.format(type_needle_v=type_v, context=context, query=query),
+            prompt=prompt,
             answer_prefix=prefix.format(type_needle_v=type_v, query=query),
             references=answers,
             meta={"needles": needles, "depths": needle_depths},
+            question_start=question_offset(prompt, question),
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from eval.benchmarks.base import question_offset, text_after
 from eval.benchmarks.ruler.fit import Draft, SizedGenerator
 from eval.benchmarks.ruler.qa_data import QAPair
 from eval.benchmarks.ruler.templates import DOCUMENT_PROMPT, TEMPLATES
@@ -67,9 +68,15 @@ class QAGenerator(SizedGenerator):
         random.Random(self.seed).shuffle(docs)
         context = "\n\n".join(DOCUMENT_PROMPT.format(i=i + 1, document=d) for i, d in enumerate(docs))
         task = TEMPLATES["qa"]
+        prompt = task.template.format(context=context, query=pair.query)
+        # Question part: what follows the documents, RULER's repeated instruction and the question
+        # ("\n\nAnswer the question based on the given documents. ...\n\nQuestion: <query>"); the
+        # instruction's first copy, before the documents, stays in the context part.
+        question = text_after(task.template, "{context}", {"query": pair.query})
         return Draft(
-            prompt=task.template.format(context=context, query=pair.query),
+            prompt=prompt,
             answer_prefix=task.answer_prefix,
             references=list(pair.outputs),
             meta={"num_gold": len(pair.context)},
+            question_start=question_offset(prompt, question),
         )

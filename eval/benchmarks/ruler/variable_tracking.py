@@ -11,6 +11,7 @@ import random
 import string
 from dataclasses import dataclass, field
 
+from eval.benchmarks.base import question_offset, text_after
 from eval.benchmarks.ruler.fit import Draft, SizedGenerator, TokenCounter
 from eval.benchmarks.ruler.templates import NOISE, TEMPLATES
 
@@ -114,7 +115,16 @@ class VariableTrackingGenerator(SizedGenerator):
         prefix = task.answer_prefix.format(query=query, num_v=self.num_hops + 1)
         if not self.demo_mode:
             prompt = randomize_demo(self.demo(), self.num_hops, rng) + "\n" + prompt
-        return Draft(prompt=prompt, answer_prefix=prefix, references=all_vars[0], meta={"chain": chains[0]})
+        # Question part: "\nQuestion: Find all variables that are assigned the value <query> ..." (the
+        # demo before the task's template, with its own question and answer, is context).
+        question = text_after(task.template, "{context}", {"query": query, "num_v": self.num_hops + 1})
+        return Draft(
+            prompt=prompt,
+            answer_prefix=prefix,
+            references=all_vars[0],
+            meta={"chain": chains[0]},
+            question_start=question_offset(prompt, question),
+        )
 
     def demo(self) -> str:
         """The demo text: its filled template with answer prefix, a space, its answers, a newline."""
