@@ -8,13 +8,15 @@ from pathlib import Path
 from eval.claims import write_claims
 from eval.collect import RunSource, write_tidy_csv
 from eval.plots import write_figures
+from eval.question_gap import write_question_gap
 from eval.tables import build_result_tables, write_tables
 
 
 def write_results(
     source: RunSource, results: Path, profile: str | None = None, perf_csv: Path | None = None
 ) -> list[Path]:
-    """Every table, figure and claim of ``source`` (an output root or runs) under ``results``.
+    """Every table, figure and claim of ``source`` (an output root or runs) under ``results``
+    (and, where runs hold both question settings, the aware minus agnostic gap).
 
     Parameters
     ----------
@@ -32,6 +34,7 @@ def write_results(
     return [
         *write_tables(built, results / "tables"),
         *write_figures(built, results / "figures", perf_csv=perf_csv),
+        *write_question_gap(built.runs, results / "tables", results / "figures"),
         *write_claims(built, results),
         write_tidy_csv(built.runs, results / "runs.csv"),
     ]
