@@ -14,8 +14,13 @@ from lava.errors import UserError
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> float:
     try:
+        from hydra.core.hydra_config import HydraConfig
+
+        from eval.checks import check_one_unit
         from eval.runner import run  # inside: an unsupported transformers is a UserError
 
+        given = [o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
+        check_one_unit(given)
         summary = run(cfg)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ costs sample generation, a model load or a run folder.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from omegaconf import DictConfig
@@ -35,9 +36,17 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(
                 f"config group '{group}' is missing or has no 'name'; pick one with {group}=<name>"
             )
-    budget = cfg.get("budget")
-    # The full cache keeps everything and ignores the budget, but a malformed one is still a typo.
-    if not (budget is None and is_full(cfg.method)) and (not _is_int(budget) or budget <= 0):
+    budget, ratio = cfg.get("budget"), cfg.get("compression_ratio")
+    if ratio is not None and (
+        not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0.0 <= ratio < 1.0
+    ):
+        raise UserError(
+            f"compression_ratio={ratio} is invalid; give the fraction of entries removed, in [0, 1) (e.g. 0.5)"
+        )
+    # The full cache keeps everything and ignores the budget, but a malformed one is still a typo; a
+    # compression-ratio run derives its budget per sample.
+    unbudgeted = is_full(cfg.method) or ratio is not None
+    if not (budget is None and unbudgeted) and (not _is_int(budget) or budget <= 0):
         raise UserError(
             f"budget={budget} is invalid; give a positive integer (entries per KV head per layer)"
         )
@@ -63,6 +72,16 @@ def question_setting(cfg: DictConfig) -> str:
     if setting not in QUESTION_SETTINGS:
         raise UserError(f"bench.question={setting} is invalid; give aware or agnostic (docs/question.md)")
     return setting
+
+
+def check_one_unit(given: Sequence[str]) -> None:
+    """``budget`` and ``compression_ratio`` both on the command line (``given``: the override keys):
+    two units for one setting, a one-line error. Only the command line can tell, as ``budget`` has a
+    default."""
+    if "budget" in given and "compression_ratio" in given:
+        raise UserError(
+            "budget= and compression_ratio= both given: they are two units for one setting; give one of them"
+        )
 
 
 def check_model_window(cfg: DictConfig) -> None:
@@ -109,6 +128,13 @@ def check_config(cfg: Any) -> None:
         raise UserError(
             f"budgets={budgets} needs methods=[...] (a sweep, e.g. methods=[lava]); a single run takes budget=<N>"
         )
+    if cfg.get("methods") is None and cfg.get("compression_ratios") is not None:
+        ratios = list(cfg.get("compression_ratios"))
+        raise UserError(
+            f"compression_ratios={ratios} needs methods=[...] (a sweep); a single run takes compression_ratio=<r>"
+        )
+    if cfg.get("budgets") is not None and cfg.get("compression_ratios") is not None:
+        raise UserError("budgets= and compression_ratios= are two units for one axis; give one of them")
     batch = cfg.get("max_decode_batch", 32)
     if not _is_int(batch) or batch < 1:
         raise UserError(f"max_decode_batch={batch!r} is invalid; give a positive integer (e.g. 32)")

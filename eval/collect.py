@@ -41,11 +41,15 @@ TIDY_COLUMNS = [
 ]
 
 _FOLDER = re.compile(
-    r"^(?P<method>.+?)(?:-b(?P<budget>\d+))?(?:-(?P<setting>agnostic))?-(?P<hash>[0-9a-f]{8})$"
+    r"^(?P<method>.+?)(?:-b(?P<budget>\d+)|-r(?P<ratio>[0-9.]+))?(?:-(?P<setting>agnostic))?"
+    r"-(?P<hash>[0-9a-f]{8})$"
 )
 #: Suffix of the benchmark name of a question-agnostic run (``bench.question=agnostic``): its tables,
 #: figures and claims are those of a benchmark of its own, ``<bench>_agnostic``, next to the aware one.
 AGNOSTIC_SUFFIX = "_agnostic"
+#: Suffix of the benchmark name of compression-ratio runs (``compression_ratio=``): their tables put
+#: the ratio where budget runs put the budget (:attr:`Run.budget` holds the ratio, :attr:`Run.is_ratio`).
+RATIO_SUFFIX = "_ratio"
 _SHARD = re.compile(r"-shard\d+of\d+$")
 
 
@@ -69,9 +73,14 @@ class Run:
     model: str
     bench: str
     method: str
-    budget: int | None
+    budget: int | float | None  # a compression-ratio run: its ratio (is_ratio)
     scores: dict[str, Any]
     config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_ratio(self) -> bool:
+        """A compression-ratio run (:data:`RATIO_SUFFIX`): :attr:`budget` holds the ratio."""
+        return isinstance(self.config.get("compression_ratio"), (int, float))
 
     @property
     def headline(self) -> str:
@@ -201,10 +210,13 @@ def load_run(path: Path) -> Run:
 
     method = name("method", method)
     bench = name("bench", path.parent.name)
-    if (config.get("bench") or {}).get("question") == "agnostic":
-        bench += AGNOSTIC_SUFFIX
     if isinstance(config.get("budget"), int):
         budget = config["budget"]
+    ratio = config.get("compression_ratio")
+    if isinstance(ratio, (int, float)) and method != FULL_METHOD:
+        bench, budget = bench + RATIO_SUFFIX, float(ratio)  # the ratio takes the budget's place
+    if (config.get("bench") or {}).get("question") == "agnostic":
+        bench += AGNOSTIC_SUFFIX  # last: <bench>[_ratio]_agnostic
     if method == FULL_METHOD:
         budget = None
     return Run(

@@ -15,7 +15,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from lava.errors import UserError
 
 METHOD_DIR = Path(__file__).resolve().parents[1] / "configs" / "method"
-SWEEP_KEYS = ("methods", "budgets")  # null in every single-run config
+SWEEP_KEYS = ("methods", "budgets", "compression_ratios")  # null in every single-run config
+#: A budget large enough never to bind: what a compression-ratio run's method is built with before
+#: each sample sets its own budget (:func:`lava.ratio.at_ratio`).
+RATIO_PLACEHOLDER_BUDGET = 1 << 30
 
 
 def method_names() -> list[str]:
@@ -69,9 +72,21 @@ def resolve_budgets(spec: Any) -> list[int]:
     return list(dict.fromkeys(budgets))
 
 
-def configurations(methods: list[str], budgets: list[int]) -> list[tuple[str, int | None]]:
-    """(method, budget) pairs of a sweep; the full cache once, with budget None."""
-    out: list[tuple[str, int | None]] = []
+def resolve_ratios(spec: Any) -> list[float]:
+    """The compression ratios of a sweep: fractions in [0, 1), each once."""
+    ratios = list(spec) if isinstance(spec, (list, ListConfig)) else None
+    if not ratios or any(not _is_fraction(r) for r in ratios):
+        raise UserError(f"compression_ratios={spec} is invalid; give fractions in [0, 1), e.g. [0.25,0.5]")
+    return list(dict.fromkeys(float(r) for r in ratios))
+
+
+def _is_fraction(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0
+
+
+def configurations(methods: list[str], budgets: list[Any]) -> list[tuple[str, Any]]:
+    """(method, budget) pairs of a sweep (budgets, or compression ratios); the full cache once, with None."""
+    out: list[tuple[str, Any]] = []
     for name in methods:
         if is_full(method_node(name)):
             out.append((name, None))
@@ -80,30 +95,45 @@ def configurations(methods: list[str], budgets: list[int]) -> list[tuple[str, in
     return out
 
 
-def single_config(cfg: DictConfig, name: str, budget: int | None) -> DictConfig:
-    """The config ``method=<name> budget=<budget>`` composes, with the sweep keys cleared."""
+def single_config(cfg: DictConfig, name: str, budget: int | None, ratio: float | None = None) -> DictConfig:
+    """The config ``method=<name> budget=<budget>`` (or ``compression_ratio=<ratio>``) composes, with
+    the sweep keys cleared."""
     single = cfg.copy()
     with open_dict(single):
         single.method = method_node(name)
         for key in SWEEP_KEYS:
             single[key] = None
-        single.budget = None if is_full(single.method) else budget
+        full = is_full(single.method)
+        single.budget = None if full or ratio is not None else budget
+        single.compression_ratio = None if full else ratio
     return single
 
 
 def canonical(cfg: DictConfig) -> DictConfig:
-    """A single-run config as its run folder records it: the full cache carries no budget."""
-    if is_full(cfg.method) and cfg.get("budget") is not None:
+    """A single-run config as its run folder records it: the full cache carries no budget and no
+    compression ratio; a compression-ratio run no budget (each sample derives its own)."""
+    full, ratio = is_full(cfg.method), cfg.get("compression_ratio")
+    if (full or ratio is not None) and cfg.get("budget") is not None or (full and ratio is not None):
         cfg = cfg.copy()
         with open_dict(cfg):
             cfg.budget = None
+            if full:
+                cfg.compression_ratio = None
     return cfg
 
 
 def build_method(cfg: DictConfig) -> Any:
-    """The compression method of a single-run config, or None for the full cache."""
+    """The compression method of a single-run config, or None for the full cache.
+
+    A compression-ratio run's method is built at :data:`RATIO_PLACEHOLDER_BUDGET`; each sample then
+    takes the budget its ratio means (:func:`lava.ratio.at_ratio`).
+    """
     if is_full(cfg.method):
         return None
+    if cfg.get("compression_ratio") is not None:
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            cfg.budget = RATIO_PLACEHOLDER_BUDGET
     return build_node(cfg.method, "method")
 
 

@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 from hydra.utils import get_class  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from eval.collect import AGNOSTIC_SUFFIX, FULL_METHOD, Run, kept_mean  # noqa: E402
+from eval.collect import AGNOSTIC_SUFFIX, FULL_METHOD, RATIO_SUFFIX, Run, kept_mean  # noqa: E402
 from eval.heatmap import NIAH_CMAP, save_figure  # noqa: E402
 from eval.method_configs import display_order, is_full, method_node  # noqa: E402
 from eval.tables import (  # noqa: E402
@@ -113,12 +113,16 @@ def score_vs_budget(table: BenchTable, path: Path) -> Path:
             color=color,
             alpha=0.12,
         )
-    if budgets:
+    ratios = RATIO_SUFFIX in table.bench
+    if budgets and not ratios:
         ax.set_xscale("log", base=2)
         ax.set_xticks([float(b) for b in budgets], [str(int(b)) for b in budgets])
         ax.minorticks_off()
     direction = "lower is better" if table.lower_is_better else "higher is better"
-    ax.set_xlabel("budget (entries per KV head per layer)")
+    if ratios:
+        ax.set_xlabel("compression ratio (fraction of the compressed entries removed)")
+    else:
+        ax.set_xlabel("budget (entries per KV head per layer)")
     ax.set_ylabel(f"{table.metric}{' (%)' if table.unit == 'percent' else ''}  [{direction}]")
     n = int(frame["num_samples"].max()) if len(frame) else 0
     ax.set_title(f"{table.bench}: average vs budget ({table.model}, up to {n} samples, 95% bands)")
@@ -379,13 +383,15 @@ def write_figures(result: ResultTables, out: Path, perf_csv: Path | None = None)
     for model, folder, own in per_model(result.tables, out):
         for table in own:
             group = result.groups[(model, table.bench)]
+            ratios = RATIO_SUFFIX in table.bench
             written.append(score_vs_budget(table, folder / f"{table.bench}_vs_budget.png"))
             optional = [
                 niah_grid(group, folder / f"{table.bench}_grid.png")
                 if table.bench in ("niah", "niah" + AGNOSTIC_SUFFIX)
                 else None,
-                budget_heatmaps(group, folder / f"{table.bench}_budget_heads.png"),
-                layer_budget_lines(group, folder / f"{table.bench}_budget_layers.png"),
+                # kept entries over the budget: a ratio run's budget differs by sample (not drawn)
+                None if ratios else budget_heatmaps(group, folder / f"{table.bench}_budget_heads.png"),
+                None if ratios else layer_budget_lines(group, folder / f"{table.bench}_budget_layers.png"),
                 attn_err_curves(group, folder / f"{table.bench}_attn_err.png"),
             ]
             written += [p for p in optional if p is not None]

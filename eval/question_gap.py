@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from eval.collect import AGNOSTIC_SUFFIX, FULL_METHOD, Run
+from eval.collect import AGNOSTIC_SUFFIX, FULL_METHOD, RATIO_SUFFIX, Run
 from eval.frames import write_frame
 from eval.heatmap import save_figure
 from eval.plots import method_color, plt
@@ -74,7 +74,8 @@ def question_gap_frame(runs: Sequence[Run]) -> pd.DataFrame:
             lambda r: (r["model"], r["bench"], method_rank(r["method"]), r["budget"] or 0), axis=1
         )
         frame = frame.iloc[sorted(range(len(frame)), key=lambda i: order.iloc[i])].reset_index(drop=True)
-    frame["budget"] = frame["budget"].astype("Int64")
+    whole = all(b is None or float(b).is_integer() for b in frame["budget"])
+    frame["budget"] = frame["budget"].astype("Int64" if whole else "Float64")  # budgets or ratios
     return frame
 
 
@@ -100,8 +101,8 @@ def question_gap_figure(frame: pd.DataFrame, path: Path) -> Path:
                 label=method,
             )
         ax.axhline(0.0, color="grey", linewidth=0.8)
-        ax.set_xticks(range(len(budgets)), [str(int(b)) for b in budgets])
-        ax.set_xlabel("budget (entries per KV head)")
+        ax.set_xticks(range(len(budgets)), [f"{float(b):g}" for b in budgets])
+        ax.set_xlabel("compression ratio" if RATIO_SUFFIX in bench else "budget (entries per KV head)")
         ax.set_ylabel("aware minus agnostic")
         ax.set_title(f"{bench} ({model}): what the question in the window is worth", fontsize=9)
         ax.legend(fontsize=7)

@@ -37,24 +37,29 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
     ``bench.question`` enters only when it is ``agnostic``: an ``aware`` run (the only setting before
     the key existed) keeps the identity, hence the folder, it always had, so old folders resume.
     """
-    keys = [k for k in IDENTITY_KEYS if not (k == "budget" and is_full(cfg.method))]
+    ratio = cfg.get("compression_ratio")
+    keys = [k for k in IDENTITY_KEYS if not (k == "budget" and (is_full(cfg.method) or ratio is not None))]
     identity = {
         k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
         for k in keys
     }
     if identity["bench"].get("question") == "aware":
         del identity["bench"]["question"]
+    if ratio is not None:  # only then: budget runs keep the identity they had before the key existed
+        identity["compression_ratio"] = float(ratio)
     return identity
 
 
 def run_dir_for(cfg: DictConfig) -> Path:
     """``<output_root>/<model>/<bench>/<method>-b<budget>-<hash>`` (``full-<hash>`` for the full cache,
+    ``-r<ratio>`` instead of ``-b<budget>`` for a compression-ratio run,
     ``-agnostic`` before the hash in the question-agnostic setting);
     the hash covers :func:`run_identity`."""
     identity = json.dumps(run_identity(cfg), sort_keys=True, default=str)
     digest = hashlib.sha1(identity.encode()).hexdigest()[:8]
     shard = f"-shard{cfg.shard}of{cfg.num_shards}" if cfg.get("num_shards", 1) > 1 else ""
-    budget = "" if is_full(cfg.method) else f"-b{cfg.budget}"
+    ratio = cfg.get("compression_ratio")
+    budget = "" if is_full(cfg.method) else f"-b{cfg.budget}" if ratio is None else f"-r{float(ratio):g}"
     setting = "-agnostic" if cfg.bench.get("question") == "agnostic" else ""
     return (
         Path(str(cfg.output_root))

@@ -48,7 +48,8 @@ class SingleStep:
         context = loop.context_tokens(sample, prompt_ids)
         split = len(prompt_ids) if context is None else context
         reserve = sample.max_new_tokens + len(prompt_ids) - split
-        cache = build_generation_cache(target.method, loop.model, reserve)
+        method = target.method_for(split)  # a compression-ratio run: this sample's budget
+        cache = build_generation_cache(method, loop.model, reserve)
         if self.bench.teacher_forced:  # scored in one prefill and two forwards, no decoding
             target.write(self.bench.run_sample(loop.model, cache, prompt_ids, sample))
             return None
@@ -72,6 +73,8 @@ class SingleStep:
         if context is not None:
             phases["question_seconds"] = gen.question_seconds
         record = make_record(sample, self.bench, loop.tokenizer, prompt_ids, gen, cache, phases, context)
+        if target.cfg.get("compression_ratio") is not None:
+            record["budget"] = method.budget
         target.write(record)
         headline = self.bench.headline_metric()
         return {headline: f"{record['scores'][headline]:.2f}"}

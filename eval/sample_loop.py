@@ -28,6 +28,7 @@ from eval.records import RecordWriter
 from eval.run_folder import RunSummary, finish_run, open_run_folder, read_done
 from lava.errors import UserError
 from lava.models import ModelSpec, as_spec, load_model, load_tokenizer, newline_token_id, stop_token_ids
+from lava.ratio import at_ratio
 
 
 def build_benchmark(cfg: DictConfig) -> Benchmark:
@@ -251,6 +252,14 @@ class Target:
     def label(self) -> str:
         budget = self.cfg.get("budget")
         return self.cfg.method.name if budget is None else f"{self.cfg.method.name}-b{budget}"
+
+    def method_for(self, compressed_tokens: int) -> Any:
+        """The method one sample runs: :attr:`method`, or, for a compression-ratio run, a copy with
+        the budget the ratio means for ``compressed_tokens`` entries (:func:`lava.ratio.at_ratio`)."""
+        ratio = self.cfg.get("compression_ratio")
+        if self.method is None or ratio is None:
+            return self.method
+        return at_ratio(self.method, compressed_tokens, float(ratio))
 
     def lacks(self, sample_id: str) -> bool:
         return sample_id not in self.done_ids

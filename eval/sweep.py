@@ -25,9 +25,16 @@ from typing import Any
 from omegaconf import DictConfig
 
 from eval.benchmarks.base import Benchmark, Sample
-from eval.checks import validate
+from eval.checks import check_config, validate
 from eval.generation import Generation, greedy_decode, prefill_question
-from eval.method_configs import build_method, configurations, resolve_budgets, resolve_methods, single_config
+from eval.method_configs import (
+    build_method,
+    configurations,
+    resolve_budgets,
+    resolve_methods,
+    resolve_ratios,
+    single_config,
+)
 from eval.run_folder import RunSummary, make_record, memory_lines, run_dir_for
 from eval.sample_loop import SampleLoop, Target, build_benchmark, run_loop
 from lava.policy import scorer_key
@@ -97,12 +104,17 @@ class SharedPrefill:
 
 def shared_prefill(model: Any, input_ids: Any, methods: list[Any], reserve: int) -> SharedPrefill:
     """Prefill once and build the cache of every method (``None`` = the full cache)."""
-    from lava.prefill import build_cache_from_capture, capture_prefill, score_methods, synchronize
+    from lava.prefill import (
+        build_cache_from_capture,
+        capture_prefill,
+        capture_queries,
+        score_methods,
+        synchronize,
+    )
 
     compressing = [m for m in methods if m is not None]
     t0 = time.perf_counter()
-    window = max((m.window for m in compressing), default=1)
-    capture, logits = capture_prefill(model, input_ids, window)
+    capture, logits = capture_prefill(model, input_ids, capture_queries(compressing))
     synchronize(logits)
     prefill = time.perf_counter() - t0
     scored, scoring = score_methods(capture, compressing)
@@ -176,11 +188,13 @@ class SampleRecords:
     targets: list[Target]
     seconds: float = 0.0
     context_tokens: int | None = None  # the question-agnostic setting's context part
+    methods: list[Any] | None = None  # per target, the method the sample ran (None: the targets')
 
     def __call__(self, k: int, gen: Generation, cache: Any) -> None:
         t0 = time.perf_counter()
         target, shared = self.targets[k], self.prefill_seconds
-        scoring = shared["scoring"].get(scorer_key(target.method), 0.0) if target.method else 0.0
+        method = target.method if self.methods is None else self.methods[k]
+        scoring = shared["scoring"].get(scorer_key(method), 0.0) if method else 0.0
         times = {
             "prefill_seconds": shared["prefill"],  # shared by the sample's configurations
             "scoring_seconds": scoring,  # shared by the configurations of the same scorer
@@ -192,6 +206,8 @@ class SampleRecords:
         record = make_record(
             self.sample, self.bench, self.tokenizer, self.prompt_ids, gen, cache, times, self.context_tokens
         )
+        if target.cfg.get("compression_ratio") is not None:
+            record["budget"] = method.budget
         target.write(record)
         self.seconds += time.perf_counter() - t0
 
@@ -208,7 +224,7 @@ class SweepStep:
 
     def __call__(self, loop: SampleLoop, sample: Sample, pending: list[Target]) -> None:
         prompt_ids, stops, input_ids = loop.inputs(sample)
-        methods = [t.method for t in pending]
+        methods = [t.method for t in pending]  # re-derived below for compression-ratio runs
         if (
             self.bench.teacher_forced
         ):  # no decoding: every cache is scored against the full cache's continuation
@@ -231,11 +247,19 @@ class SweepStep:
         context = loop.context_tokens(sample, prompt_ids)
         split = len(prompt_ids) if context is None else context
         question = len(prompt_ids) - split
+        methods = [t.method_for(split) for t in pending]  # a compression-ratio run: this sample's budget
         prefill = shared_prefill(loop.model, input_ids[:, :split], methods, sample.max_new_tokens + question)
         if context is not None:
             prefill.prefill_question(loop.model, input_ids[:, split:])
         recorder = SampleRecords(
-            sample, self.bench, loop.tokenizer, prompt_ids, prefill.seconds, pending, context_tokens=context
+            sample,
+            self.bench,
+            loop.tokenizer,
+            prompt_ids,
+            prefill.seconds,
+            pending,
+            context_tokens=context,
+            methods=methods,
         )
         t0 = time.perf_counter()
         # Each cache is dropped as soon as its record is written (decode_all's on_done).
@@ -256,11 +280,19 @@ class SweepStep:
 
 def sweep_targets(cfg: DictConfig) -> list[Target]:
     """One run folder per (method, budget) of the sweep, each config checked as its single run's."""
+    check_config(cfg)  # the sweep's own keys (budgets= with compression_ratios=, ...), before any work
     names = resolve_methods(cfg.methods)
-    budgets = resolve_budgets(cfg.budgets if cfg.get("budgets") is not None else [cfg.budget])
+    if cfg.get("compression_ratios") is not None or cfg.get("compression_ratio") is not None:
+        ratios = cfg.get("compression_ratios")
+        grid = [
+            (n, None, r) for n, r in configurations(names, resolve_ratios(ratios or [cfg.compression_ratio]))
+        ]
+    else:
+        budgets = resolve_budgets(cfg.budgets if cfg.get("budgets") is not None else [cfg.budget])
+        grid = [(n, b, None) for n, b in configurations(names, budgets)]
     targets = []
-    for name, budget in configurations(names, budgets):
-        single = single_config(cfg, name, budget)
+    for name, budget, ratio in grid:
+        single = single_config(cfg, name, budget, ratio)
         validate(single)  # max_decode_batch, seed, limit, shards, ... (the sweep's own values)
         targets.append(Target(single, build_method(single), run_dir_for(single)))
     return targets

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from eval.collect import FULL_METHOD, Run, RunSource, as_runs, kept_mean
+from eval.collect import FULL_METHOD, RATIO_SUFFIX, Run, RunSource, as_runs, kept_mean
 from eval.frames import format_cell, write_csv, write_frame
 from eval.method_configs import display_order
 from eval.stats import bootstrap_ci
@@ -174,6 +174,8 @@ def bench_table(runs: Sequence[Run], profile: str | None = None) -> BenchTable:
     if not runs:
         raise ValueError("bench_table needs at least one run")
     first = runs[0]
+    # A ratio group starts with its benchmark's full cache (group_runs): the name is the others'.
+    bench = next((r.bench for r in runs if r.method != FULL_METHOD), first.bench)
     tasks: list[str] = []
     for run in runs:
         tasks += [t for t in run.scores.get("per_task") or {} if t not in tasks]
@@ -187,7 +189,8 @@ def bench_table(runs: Sequence[Run], profile: str | None = None) -> BenchTable:
     frame["_order"] = [method_rank(m) for m in frame["method"]]
     frame = frame.sort_values(["budget", "_order"], kind="stable", na_position="first")
     frame = frame.drop(columns="_order").reset_index(drop=True)
-    frame["budget"] = frame["budget"].astype("Int64")
+    ratios = any(r.is_ratio for r in runs)  # the budget column holds compression ratios
+    frame["budget"] = frame["budget"].astype("Float64" if ratios else "Int64")
     lower = first.lower_is_better
     frame["best_average"] = best_mask(frame, AVERAGE, lower)
     ordered = ["budget", "method", "num_samples"]
@@ -197,13 +200,14 @@ def bench_table(runs: Sequence[Run], profile: str | None = None) -> BenchTable:
     direction = "lower is better" if lower else "higher is better"
     unit = "percent" if _is_percent(runs) else ""
     header = [
-        f"{first.bench}: {first.headline} ({direction}{', ' + unit if unit else ''}), methods x budgets",
+        f"{bench}: {first.headline} ({direction}{', ' + unit if unit else ''}), methods x "
+        + ("compression ratios (the budget column holds the ratio)" if ratios else "budgets"),
         *_provenance(runs, profile, _sample_counts(runs)),
         "best compressed method per budget and column in bold; intervals: 95% bootstrap over samples (CSV)",
     ]
     return BenchTable(
         model=first.model,
-        bench=first.bench,
+        bench=bench,
         metric=first.headline,
         lower_is_better=lower,
         columns=columns,
@@ -323,7 +327,8 @@ def budget_frame(runs: Sequence[Run]) -> pd.DataFrame:
     """
     rows = []
     for run in sorted(runs, key=lambda r: (method_rank(r.method), r.budget or 0)):
-        kept = kept_mean(run) if run.budget is not None else None
+        # a ratio run's budget differs by sample: no share of one budget to show
+        kept = kept_mean(run) if run.budget is not None and not run.is_ratio else None
         if kept is None:
             continue
         for layer, heads in enumerate(kept):
@@ -335,10 +340,18 @@ def budget_frame(runs: Sequence[Run]) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------- driver
 def group_runs(runs: Iterable[Run]) -> dict[tuple[str, str], list[Run]]:
-    """Runs grouped by (model, bench), in a fixed order."""
+    """Runs grouped by (model, bench), in a fixed order.
+
+    A compression-ratio group (``<bench>_ratio``) also gets the full cache of its benchmark, which
+    has neither budget nor ratio and so one folder for both units.
+    """
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
         groups.setdefault((run.model, run.bench), []).append(run)
+    for (model, bench), group in groups.items():
+        base = groups.get((model, bench.replace(RATIO_SUFFIX, "", 1))) if RATIO_SUFFIX in bench else None
+        if base and not any(r.method == FULL_METHOD for r in group):
+            group[:0] = [r for r in base if r.method == FULL_METHOD]
     return dict(sorted(groups.items()))
 
 
