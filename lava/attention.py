@@ -297,7 +297,15 @@ def lava_attention_forward(
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """transformers attention function: (B, Hq, q, d) inputs -> (B, q, Hq, d) output."""
+    """transformers attention function: (B, Hq, q, d) inputs -> (B, q, Hq, d) output.
+
+    A call whose key tensor is tagged by a lava cache layer attends over that layer; any other call
+    (a ``DynamicCache``, a hybrid model's sliding layers) is SDPA under the model's own mask. A tagged
+    layer is full attention with plain scaled logits: a sliding window or logit soft-capping asked
+    for it means the layer kinds were mistaken, and raises rather than attending over the wrong keys.
+    (Gemma 3 asks neither of its global layers: its scaling is ``query_pre_attn_scalar ** -0.5``,
+    passed here as ``scaling``, and it has no soft-capping.)
+    """
     layer = getattr(key, "_lava_layer", None)
     if layer is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -305,6 +313,12 @@ def lava_attention_forward(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
+    for option in ("sliding_window", "softcap"):
+        if kwargs.get(option) is not None:
+            raise NotImplementedError(
+                f"{type(module).__name__} asks for {option}={kwargs[option]} on a compressed layer; the "
+                "compressed cache attends over full-attention layers without soft-capping"
+            )
     scale = scaling if scaling is not None else module.scaling
     return layer.attend(query, scale), None
 

@@ -13,6 +13,10 @@ call (:func:`lava.attention.padded_attention`). With flash-attn on CUDA, attenti
 A row that has finished leaves the batch with :meth:`BatchedCache.select`. A forward of several new
 tokens per row (teacher forcing) appends to the members and attends through
 :func:`lava.varlen.varlen_attention`, one block per (member, KV head).
+
+A hybrid model's sliding-window layers (:class:`~lava.cache.SlidingLayer`, never compressed) are
+batched as transformers batches them: one rolling window of ``B`` rows (:func:`batched_sliding`),
+attended by SDPA under the model's sliding mask.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from lava.attention import (
     decode_kernel,
     logits_dtype,
 )
-from lava.cache import CompressedCache, CompressedLayer, UnboundedLayer
+from lava.cache import CompressedCache, CompressedLayer, SlidingLayer, UnboundedLayer
 from lava.padded import PaddedGroups, PaddedStore, width_groups
 from lava.varlen import varlen_attention
 
@@ -269,6 +273,25 @@ class BatchedLayer(UnboundedLayer):
         raise RuntimeError("a BatchedCache cannot be reset; build a new one")
 
 
+def batched_sliding(members: list[SlidingLayer], take_storage: bool = False) -> SlidingLayer:
+    """One sliding layer whose row ``b`` is member ``b``'s window (members at the same position).
+
+    The members are not appended to; with ``take_storage`` their tensors are released once copied."""
+    lengths = {member.get_seq_length() for member in members}
+    if len(lengths) != 1:
+        raise ValueError(f"members of a batch must be at the same position, got {sorted(lengths)}")
+    first = members[0]
+    batch = SlidingLayer(first.sliding_window)
+    batch.lazy_initialization(first.keys, first.values)
+    batch.keys = torch.cat([member.keys for member in members])
+    batch.values = torch.cat([member.values for member in members])
+    batch.cumulative_length = lengths.pop()
+    if take_storage:
+        for member in members:
+            member.release_storage()
+    return batch
+
+
 class BatchedCache(Cache):
     """A batch of :class:`CompressedCache` objects of one prompt, all at the same position.
 
@@ -288,12 +311,18 @@ class BatchedCache(Cache):
             raise ValueError(f"caches of a batch must be at the same position, got lengths {sorted(lengths)}")
         super().__init__(layers=[])
         self.caches = list(caches)
-        self.layers.extend(
-            BatchedLayer([c.layers[i] for c in caches], take_storage) for i in range(caches[0].num_layers)
-        )
+        for i in range(caches[0].num_layers):
+            members = [c.layers[i] for c in caches]
+            if isinstance(members[0], SlidingLayer):
+                self.layers.append(batched_sliding(members, take_storage))
+            else:
+                self.layers.append(BatchedLayer(members, take_storage))
 
     def select(self, rows: list[int]) -> None:
         """Keep only the batch rows ``rows`` (in that order)."""
         self.caches = [self.caches[r] for r in rows]
         for layer in self.layers:
-            layer.select(rows)
+            if isinstance(layer, SlidingLayer):
+                layer.batch_select_indices(torch.tensor(rows, device=layer.keys.device))
+            else:
+                layer.select(rows)

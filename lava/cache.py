@@ -16,11 +16,17 @@ In both, the room reserved for ``max_new_tokens`` decode steps is doubled when f
 is an in-place write, amortised O(1), that never moves the prompt rows.
 
 The logical sequence length stays the uncompressed one, so RoPE positions continue correctly.
+
+Hybrid models (Gemma 3: five sliding-window layers per global layer) keep transformers' rolling cache
+in their sliding layers (:class:`SlidingLayer`, bounded by the window, never compressed); only the
+global layers are compressed, and the budget, the layer allocation and the budget invariants are
+over those layers alone (:func:`layer_windows` tells the kinds apart as transformers does).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -38,11 +44,17 @@ from lava.attention import (
     packed_attention,
 )
 from lava.compat import require_transformers
+from lava.errors import UserError
 from lava.padded import PaddedStore
 from lava.policy import BudgetPlan, ScoredLayer, evicts, keep_all_ranks, kept_entries, score_layer
 
 require_transformers()  # before the import below, which fails on transformers without CacheLayerMixin
-from transformers.cache_utils import Cache, CacheLayerMixin  # noqa: E402
+from transformers.cache_utils import (  # noqa: E402
+    Cache,
+    CacheLayerMixin,
+    DynamicLayer,
+    DynamicSlidingWindowLayer,
+)
 
 # An earlier layer whose budget went down is repacked once this fraction of its rows can be freed (and
 # in any case after the last layer's compression): fewer copies, at most this much extra memory.
@@ -403,6 +415,119 @@ class CompressedLayer(UnboundedLayer):
         return packed_attention(q, self.keys[:used], self.values[:used], bias, scaling)
 
 
+class SlidingLayer(DynamicSlidingWindowLayer):
+    """A sliding-window layer of a hybrid model (Gemma 3's local layers): transformers' own rolling
+    cache, never compressed.
+
+    It is bounded already: after the prompt it holds the last ``sliding_window - 1`` entries of each
+    KV head (a new token attends to those and to itself), and every decode step drops the oldest.
+    Its key tensor is not tagged for :func:`lava.attention.lava_attention_forward`, so its attention
+    is transformers' SDPA under the model's sliding-window mask, exactly as with a ``DynamicCache``.
+    It reports what it kept of the prompt as a compressed layer does (``head_lens``, ``positions``,
+    ``num_prompt_rows``, ``entry_bytes``). Several rows (a :class:`lava.batch.BatchedCache`) are fine.
+    """
+
+    def __init__(self, sliding_window: int) -> None:
+        super().__init__(sliding_window=sliding_window)
+        self.prompt_len = 0  # tokens of the prompt
+        self.prompt_kept = 0  # entries per KV head kept of the prompt (the last ones)
+        self.num_kv_heads = 0
+        self.entry_bytes = 0  # bytes of one key + value entry
+        self.released_bytes = 0  # buffer bytes handed to a batch (release_storage)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        prompt = self.get_seq_length() == 0
+        keys, values = super().update(key_states, value_states, *args, **kwargs)
+        if prompt:
+            self._kept_prompt(key_states.shape[2])
+        return keys, values
+
+    def store_prompt(self, keys: torch.Tensor, values: torch.Tensor, prompt_len: int) -> None:
+        """Fill the layer from a prefill done elsewhere (:meth:`CompressedCache.store_prefill`).
+
+        ``keys``/``values`` (B, Hkv, m, d) are the last ``m`` of the prompt's ``prompt_len`` entries,
+        ``m`` at least what the layer keeps; a tensor of exactly that size is shared, not copied
+        (updates concatenate into new tensors, never write in place)."""
+        self.lazy_initialization(keys, values)
+        self.keys = keys[:, :, -self.sliding_window + 1 :]  # transformers' own slice of the window
+        self.values = values[:, :, -self.sliding_window + 1 :]
+        self.cumulative_length = prompt_len
+        self._kept_prompt(prompt_len)
+
+    def _kept_prompt(self, prompt_len: int) -> None:
+        # The kept window can be a view of the whole prompt's keys: own it, so that they can be freed.
+        self.keys, self.values = _owned(self.keys), _owned(self.values)
+        self.prompt_len = prompt_len
+        self.num_kv_heads, self.prompt_kept = self.keys.shape[1], self.keys.shape[2]
+        self.entry_bytes = 2 * self.keys.shape[-1] * self.keys.element_size()
+
+    def reset(self) -> None:
+        self.__init__(self.sliding_window)
+
+    @property
+    def head_lens(self) -> torch.Tensor:
+        """(Hkv,) entries kept of the prompt per KV head, on the host (as :attr:`CompressedLayer.head_lens`)."""
+        return torch.full((self.num_kv_heads,), self.prompt_kept, dtype=torch.long, device="cpu")
+
+    @property
+    def num_prompt_rows(self) -> int:
+        return self.num_kv_heads * self.prompt_kept
+
+    @property
+    def positions(self) -> list[torch.Tensor]:
+        """Per KV head: the prompt positions kept, the last ``prompt_kept`` ones."""
+        device = self.keys.device if self.keys is not None else "cpu"
+        kept = torch.arange(self.prompt_len - self.prompt_kept, self.prompt_len, device=device)
+        return [kept] * self.num_kv_heads
+
+    def release_storage(self) -> None:
+        """Drop the key/value tensors (a batch has copied them); the layer can then only report."""
+        self.released_bytes = (
+            self.keys.nbytes + self.values.nbytes
+        )  # as CompressedCache.storage_bytes counts it
+        self.keys = self.values = None
+
+
+def _owned(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, or a copy of it when it views a larger storage (which it would keep alive)."""
+    if tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
+        return tensor.clone()
+    return tensor
+
+
+def layer_windows(config: Any) -> list[int | None]:
+    """Per decoder layer of a model config: its sliding window, or None for a global layer.
+
+    The layers are told apart as transformers' own ``DynamicCache`` does (``config.layer_types``, or
+    ``sliding_window`` in models without layer types), so a compressed cache's sliding layers are
+    exactly those that a full cache keeps as rolling windows. Chunked-attention layers roll the same
+    way (only their mask differs) and count as sliding.
+
+    Raises
+    ------
+    UserError
+        For a layer kind the compressed cache does not handle (linear attention, shared KV, ...).
+    """
+    from transformers import DynamicCache
+
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers = DynamicCache(config=config).layers
+    if not layers:  # a cache built lazily: every layer is a plain one
+        return [None] * text.num_hidden_layers
+    windows: list[int | None] = []
+    for index, layer in enumerate(layers):
+        if isinstance(layer, DynamicSlidingWindowLayer):
+            windows.append(int(layer.sliding_window))
+        elif type(layer) is DynamicLayer:
+            windows.append(None)
+        else:
+            raise UserError(
+                f"layer {index} of this model uses a {type(layer).__name__} cache, which the compressed "
+                "cache does not support (it handles full-attention and sliding-window layers)"
+            )
+    return windows
+
+
 def _gather_rows(states: torch.Tensor, heads: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """(N, d) rows ``states[heads, pos]`` of (Hkv, n, d) ``states``, reading only those rows.
 
@@ -422,6 +547,11 @@ class CompressedCache(Cache):
     applies them to its layers. A cache built from a shared prefill (:func:`lava.prefill.build_cache_from_capture`)
     is the same object with every layer stored at once.
 
+    In a hybrid model the sliding-window layers are :class:`SlidingLayer` (rolling, not compressed)
+    and the plan sees the global layers alone, in order: the budget is ``global layers x kv_heads x
+    budget`` entries, the layer allocators (PyramidKV's schedule, LAVa's entropy, CAKE's preference)
+    split it over the global layers, and :attr:`stats` and :attr:`layer_budgets` list global layers.
+
     Parameters
     ----------
     method : CompressionMethod
@@ -430,6 +560,9 @@ class CompressedCache(Cache):
         Decoder layers of the model.
     reserve : int
         Decode entries preallocated per head (usually ``max_new_tokens``).
+    windows : sequence of int or None, optional
+        Per layer, its sliding window or None for a global layer (:func:`layer_windows`); default:
+        every layer global.
 
     Attributes
     ----------
@@ -438,26 +571,40 @@ class CompressedCache(Cache):
         and the process CPU seconds of each (``"scoring_cpu"``, ``"allocation_cpu"``, all threads).
     """
 
-    def __init__(self, method: CompressionMethod, num_layers: int, reserve: int = 64) -> None:
+    def __init__(
+        self,
+        method: CompressionMethod,
+        num_layers: int,
+        reserve: int = 64,
+        windows: Sequence[int | None] | None = None,
+    ) -> None:
+        windows = [None] * num_layers if windows is None else list(windows)
+        if len(windows) != num_layers:
+            raise ValueError(f"{len(windows)} layer windows for {num_layers} layers")
         layers = []
         super().__init__(layers=layers)
-        self.layers.extend(CompressedLayer(self, i) for i in range(num_layers))
+        self.layers.extend(
+            CompressedLayer(self, i) if window is None else SlidingLayer(window)
+            for i, window in enumerate(windows)
+        )
         self.method = method
         self.num_layers = num_layers
+        self.global_layers = [i for i, window in enumerate(windows) if window is None]
+        self._plan_index = {layer: j for j, layer in enumerate(self.global_layers)}  # layer -> plan index
         self.reserve = reserve
-        self.plan = BudgetPlan(method, num_layers)
+        self.plan = BudgetPlan(method, len(self.global_layers))
         self.prompt_len = 0
         self.compressed = False
         self.timings = {"scoring": 0.0, "allocation": 0.0, "scoring_cpu": 0.0, "allocation_cpu": 0.0}
 
     @property
     def stats(self) -> list[float | None]:
-        """Layer statistic of each scored layer."""
+        """Layer statistic of each scored (global) layer."""
         return [layer.stat for layer in self.plan.layers]
 
     @property
     def layer_budgets(self) -> list[int]:
-        """Current non-window budget of each allocated layer."""
+        """Current non-window budget of each allocated (global) layer."""
         return self.plan.layer_budgets
 
     # Called by CompressedLayer.attend after the layer's full prefill attention.
@@ -474,7 +621,7 @@ class CompressedCache(Cache):
         self.compressed = True
         scored = score_layer(self.method, query, layer.full_keys, layer.full_values, scaling)
         t1, c1 = self._add_time("scoring", t0, c0)
-        self.apply_plan(self.plan.add(scored), last=layer_idx == self.num_layers - 1)
+        self.apply_plan(self.plan.add(scored), last=layer_idx == self.global_layers[-1])
         self._add_time("allocation", t1, c1)
 
     def _add_time(self, part: str, wall0: float, cpu0: float) -> tuple[float, float]:
@@ -486,7 +633,11 @@ class CompressedCache(Cache):
 
     @torch.no_grad()
     def store_prefill(
-        self, keys: list[torch.Tensor], values: list[torch.Tensor], scored: list[ScoredLayer] | None
+        self,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        scored: list[ScoredLayer] | None,
+        prompt_len: int | None = None,
     ) -> None:
         """Fill every layer at once from a prefill done elsewhere (:func:`lava.prefill.build_cache_from_capture`).
 
@@ -497,12 +648,16 @@ class CompressedCache(Cache):
         Parameters
         ----------
         keys, values : list of Tensor, shape (Hkv, n, d)
-            Each layer's whole prompt (post-RoPE keys). Not modified: the stored entries are copies.
+            Each layer's whole prompt (post-RoPE keys); for a sliding layer, at least its last
+            ``sliding_window - 1`` entries (what it keeps, then shared). Not modified: the stored
+            entries of a global layer are copies.
         scored : list of ScoredLayer or None
-            The method's scorer on every layer; None when the prompt fits the budget. Shared with
-            other caches: its ranks are read, never released here.
+            The method's scorer on every global layer, in order; None when the prompt fits the
+            budget. Shared with other caches: its ranks are read, never released here.
+        prompt_len : int, optional
+            ``n``; by default the length of the first global layer's keys.
         """
-        n = keys[0].shape[1]
+        n = keys[self.global_layers[0]].shape[1] if prompt_len is None else prompt_len
         self.prompt_len = n
         caps = None
         if evicts(self.method, n):
@@ -511,18 +666,24 @@ class CompressedCache(Cache):
                 self.plan.add(layer_scores)
             caps = self.plan.final_caps()
         for j, layer in enumerate(self.layers):
+            if isinstance(layer, SlidingLayer):
+                layer.store_prompt(keys[j][None], values[j][None], n)
+                continue
             layer.take_prompt(keys[j], values[j])
             layer.seq_len = n
             if caps is None:
                 layer.store_whole_prompt(self.reserve)
             else:
-                layer.prefix_kept = caps[j]
-                layer.store(scored[j].ranks, caps[j], self.reserve)
+                g = self._plan_index[j]
+                layer.prefix_kept = caps[g]
+                layer.store(scored[g].ranks, caps[g], self.reserve)
 
     def apply_plan(self, changed: list[int], last: bool) -> None:
-        """Store newly allocated layers and lower the caps of earlier ones (repacked lazily)."""
+        """Store newly allocated layers and lower the caps of earlier ones (repacked lazily).
+
+        ``changed`` holds plan indices (the ``j``-th global layer)."""
         for j in changed:
-            layer = self.layers[j]
+            layer = self.layers[self.global_layers[j]]
             caps = self.plan.caps[j]
             layer.prefix_kept = caps
             if layer.full_keys is not None:
@@ -530,7 +691,7 @@ class CompressedCache(Cache):
                 self.plan.layers[j].ranks = None  # online, nobody else needs them
         if not changed:
             return
-        for earlier in self.layers[: max(changed) + 1]:
+        for earlier in (self.layers[i] for i in self.global_layers[: max(changed) + 1]):
             if earlier.full_keys is not None or earlier.prefix_kept is None:
                 continue
             window = self.method.window
@@ -541,7 +702,8 @@ class CompressedCache(Cache):
 
     # -- reporting ----------------------------------------------------------------------------------------
     def kept_per_head(self) -> list[list[int]]:
-        """Stored prompt entries per layer and KV head (window included, decode tail excluded)."""
+        """Stored prompt entries per layer and KV head (window included, decode tail excluded); a
+        sliding layer's are the last ``sliding_window - 1`` prompt entries (all, for shorter prompts)."""
         return [layer.head_lens.tolist() for layer in self.layers]
 
     def prompt_bytes(self) -> int:
@@ -550,13 +712,17 @@ class CompressedCache(Cache):
 
     def storage_bytes(self) -> int:
         """Bytes of every key/value buffer: the prompt entries plus the room reserved for decoding and,
-        in the padded layout, the padding."""
+        in the padded layout, the padding. A sliding layer counts the window it holds (between decode
+        steps its tensors can view a buffer one entry longer: transformers slices the concatenation),
+        so that a report does not depend on whether the layer has rolled yet."""
         total = 0
         for layer in self.layers:
             if layer.keys is None:  # released to a batch: what it held
                 total += layer.released_bytes
-                continue
-            total += layer.keys.untyped_storage().nbytes() + layer.values.untyped_storage().nbytes()
+            elif isinstance(layer, SlidingLayer):
+                total += layer.keys.nbytes + layer.values.nbytes
+            else:
+                total += layer.keys.untyped_storage().nbytes() + layer.values.untyped_storage().nbytes()
         return total
 
     def report(self) -> dict[str, Any]:
@@ -566,6 +732,8 @@ class CompressedCache(Cache):
         return {
             "kept_per_head": kept,
             "kept_entries": entries,
+            # the layers that are compressed; the others are sliding windows (hybrid models)
+            "global_layers": list(self.global_layers),
             "cache_bytes": cache_bytes,
             "decode_reserve_bytes": self.storage_bytes() - cache_bytes,
             "entry_bytes": self.layers[0].entry_bytes,

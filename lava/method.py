@@ -7,9 +7,11 @@ from typing import Any
 
 from lava import attention
 from lava.allocation import HeadAllocator, LayerAllocator, UniformHeadBudget, UniformLayerBudget
-from lava.cache import CompressedCache
+from lava.cache import CompressedCache, layer_windows
 from lava.errors import UserError
 from lava.scorers import Scorer, SnapKVScorer
+from lava.scorers.base import bind_model
+from lava.scorers.rotary import rotary_of
 
 
 @dataclass
@@ -63,10 +65,13 @@ class CompressionMethod:
         self.scorer.bind(self.model_name, self.budget)
 
     def build_cache(self, model: Any, max_new_tokens: int = 64) -> CompressedCache:
-        """A fresh cache for one generation; switches ``model`` to the ``"lava"`` attention."""
+        """A fresh cache for one generation; switches ``model`` to the ``"lava"`` attention and binds
+        the scorer to ``model`` (:meth:`~lava.scorers.Scorer.bind_model`)."""
         attention.enable(model)
+        bind_model(self.scorer, rotary_of(model))
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        return CompressedCache(self, config.num_hidden_layers, reserve=max_new_tokens)
+        windows = layer_windows(model.config)  # sliding-window layers (hybrid models) stay uncompressed
+        return CompressedCache(self, config.num_hidden_layers, reserve=max_new_tokens, windows=windows)
 
     def describe(self) -> dict[str, Any]:
         """The full parameter set, for the run folder."""

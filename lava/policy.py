@@ -6,9 +6,10 @@ One implementation serves both ways a cache is built:
   right after its full attention and handed to a :class:`BudgetPlan`, whose caps the cache applies
   (earlier layers only ever shrink);
 - offline, by a sweep (:func:`lava.prefill.build_cache_from_capture`): one prefill keeps every layer's keys,
-  values and window queries, each scorer runs once per layer (:func:`score_layer`, shared by every
-  method with the same scorer), and one :class:`BudgetPlan` per (method, budget) replays exactly
-  the same layer-by-layer allocation, so the kept entries are identical to the single run's.
+  values and last queries (as many as its scorers read), each scorer runs once per layer
+  (:func:`score_layer`, shared by every method with the same scorer), and one :class:`BudgetPlan`
+  per (method, budget) replays exactly the same layer-by-layer allocation, so the kept entries are
+  identical to the single run's.
 
 Budgets never change scores, only the allocation.
 """
@@ -43,6 +44,12 @@ class ScoredLayer:
     ranks: torch.Tensor
 
 
+def queries_read(method: CompressionMethod) -> int | None:
+    """How many of the last prompt queries ``method``'s scorer reads (None: every prompt query)."""
+    hook = getattr(method.scorer, "queries_needed", None)  # a duck-typed scorer reads the window
+    return method.window if hook is None else hook(method.window)
+
+
 def score_layer(
     method: CompressionMethod, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float
 ) -> ScoredLayer:
@@ -50,13 +57,19 @@ def score_layer(
 
     Parameters
     ----------
-    query : Tensor, shape (Hq, w', d)
-        Post-RoPE queries of (at least) the last ``method.window`` prompt tokens.
+    query : Tensor, shape (Hq, m, d)
+        Post-RoPE queries of (at least) the last :func:`queries_read` prompt tokens (all ``n`` when
+        that is None).
     keys, values : Tensor, shape (Hkv, n, d)
         The layer's whole prompt, post-RoPE keys.
     """
     window = method.window
-    result = method.scorer(query[:, -window:], keys, values, window, scaling)
+    n = keys.shape[1]
+    needed = queries_read(method)
+    count = n if needed is None else min(needed, n)
+    if query.shape[1] < count:  # a capture that kept too few would score silently on the wrong queries
+        raise ValueError(f"the scorer reads the last {count} prompt queries; got {query.shape[1]}")
+    result = method.scorer(query[:, query.shape[1] - count :], keys, values, window, scaling)
     scores = result.scores.float()
     return ScoredLayer(scores, result.stat, ranks_by_score(scores, window))
 

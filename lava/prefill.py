@@ -9,7 +9,9 @@ replaying the single run's online allocation, then packing). :meth:`PrefillCaptu
 gives the full cache of the same prefill.
 
 Memory: the capture holds the whole prompt's keys and values of every layer (the same as a full
-``DynamicCache``) plus the last ``window`` queries per layer, until the caches are built.
+``DynamicCache``) plus, per layer, the last queries its methods read (the largest window; every
+prompt query when a scorer reads them all, as H2O and expected attention do: ``Hq / (2 Hkv)`` times
+the keys and values), until the caches are built.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import torch
 from transformers.cache_utils import Cache
 
 from lava import attention
-from lava.cache import CompressedCache, UnboundedLayer
+from lava.cache import CompressedCache, SlidingLayer, UnboundedLayer, layer_windows
 from lava.method import CompressionMethod
-from lava.policy import ScoredLayer, evicts, score_layer, scorer_key
+from lava.policy import ScoredLayer, evicts, queries_read, score_layer, scorer_key
+from lava.scorers.base import bind_model
+from lava.scorers.rotary import Rotary, rotary_of
 
 
 class CaptureLayer(UnboundedLayer):
@@ -33,13 +37,13 @@ class CaptureLayer(UnboundedLayer):
     is_compileable = False
     is_croppable = False
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, queries: int | None) -> None:
         super().__init__()
-        self.window = window
+        self.queries = queries  # last prompt queries kept; None keeps them all
         self.seq_len = 0
         self.full_keys: torch.Tensor | None = None  # (Hkv, n, d)
         self.full_values: torch.Tensor | None = None
-        self.query_window: torch.Tensor | None = None  # (Hq, window, d)
+        self.query_window: torch.Tensor | None = None  # (Hq, min(queries, n), d)
         self.scaling = 1.0
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -56,32 +60,53 @@ class CaptureLayer(UnboundedLayer):
         return key_states, value_states
 
     def attend(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
-        """Full causal attention (as a single run's prefill); keeps the last ``window`` queries."""
-        self.query_window = query[0, :, -self.window :].clone()
+        """Full causal attention (as a single run's prefill); keeps the last ``queries`` queries."""
+        self.query_window = (query[0] if self.queries is None else query[0, :, -self.queries :]).clone()
         self.scaling = scaling
         return attention.full_prefill_attention(query, self.full_keys[None], self.full_values[None], scaling)
 
     def reset(self) -> None:
-        self.__init__(self.window)
+        self.__init__(self.queries)
 
 
 class PrefillCapture(Cache):
-    """A prefill-only cache that keeps, per layer, the prompt's keys, values and last ``window`` queries.
+    """A prefill-only cache that keeps, per layer, the prompt's keys, values and last ``queries`` queries.
 
     Parameters
     ----------
     num_layers : int
-    window : int
-        Queries kept per layer: the largest window of the methods to build.
+    queries : int or None
+        Last prompt queries kept per layer: the most the methods to build read
+        (:func:`capture_queries`); None keeps every prompt query.
+
+    Attributes
+    ----------
+    rotary : Rotary or None
+        The model's rotary embedding, bound to the scorers before scoring (set by :func:`capture_prefill`).
     """
 
-    def __init__(self, num_layers: int, window: int) -> None:
+    def __init__(self, num_layers: int, queries: int | None, windows: list[int | None] | None = None) -> None:
         super().__init__(layers=[])
-        self.layers.extend(CaptureLayer(window) for _ in range(num_layers))
+        # A hybrid model's sliding layers attend through their own rolling window (transformers'
+        # sliding mask) and keep only it: the caches built from the capture share that window.
+        self.windows = [None] * num_layers if windows is None else list(windows)
+        self.layers.extend(
+            CaptureLayer(queries) if window is None else SlidingLayer(window) for window in self.windows
+        )
+        self.rotary: Rotary | None = None
 
     @property
     def prompt_len(self) -> int:
-        return self.layers[0].seq_len
+        return self.layers[0].get_seq_length()
+
+    @property
+    def global_layers(self) -> list[CaptureLayer]:
+        """The captured global layers, in order (the ones scored and compressed)."""
+        return [layer for layer in self.layers if isinstance(layer, CaptureLayer)]
+
+    @property
+    def device(self) -> torch.device:
+        return self.layers[0].device
 
     def to_dynamic(self, model: Any) -> Any:
         """The full cache of this prefill: a ``DynamicCache`` over every layer's captured keys and values.
@@ -89,13 +114,17 @@ class PrefillCapture(Cache):
         The captured tensors themselves, not a copy (``DynamicCache.update`` concatenates, which
         would hold the prompt's keys and values twice until :meth:`release`); the first decode step
         concatenates them into new tensors as usual. A sliding-window layer, which keeps only its
-        window, is filled through ``update``.
+        window, is filled through ``update``, then given the prompt's length (its positions).
         """
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
 
         cache = DynamicCache(config=model.config)
         for i, layer in enumerate(self.layers):
+            if isinstance(layer, SlidingLayer):
+                cache.update(layer.keys, layer.values, i)
+                cache.layers[i].cumulative_length = layer.get_seq_length()
+                continue
             keys, values = layer.full_keys[None], layer.full_values[None]  # (1, Hkv, n, d)
             target = cache.layers[i] if i < len(cache.layers) else None
             if type(target) is not DynamicLayer:
@@ -108,11 +137,26 @@ class PrefillCapture(Cache):
     def release(self) -> None:
         """Drop the captured tensors (the caches built from them hold their own copies)."""
         for layer in self.layers:
-            layer.full_keys = layer.full_values = layer.query_window = None
+            if isinstance(layer, SlidingLayer):
+                layer.keys = layer.values = None
+            else:
+                layer.full_keys = layer.full_values = layer.query_window = None
 
 
-def capture_prefill(model: Any, input_ids: torch.Tensor, window: int) -> tuple[PrefillCapture, torch.Tensor]:
-    """Prefill ``input_ids`` (1, n) once with full attention.
+def capture_queries(methods: list[CompressionMethod]) -> int | None:
+    """The last prompt queries a capture must keep for ``methods``: the most any scorer reads, None
+    (every query) when one reads them all, 1 when there is no method."""
+    counts = [queries_read(method) for method in methods]
+    if any(count is None for count in counts):
+        return None
+    return max(counts, default=1)
+
+
+def capture_prefill(
+    model: Any, input_ids: torch.Tensor, queries: int | None
+) -> tuple[PrefillCapture, torch.Tensor]:
+    """Prefill ``input_ids`` (1, n) once with full attention, keeping the last ``queries`` queries
+    of every layer (all of them when None; :func:`capture_queries` gives the number for a method list).
 
     Returns
     -------
@@ -124,7 +168,8 @@ def capture_prefill(model: Any, input_ids: torch.Tensor, window: int) -> tuple[P
 
     attention.enable(model)
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    capture = PrefillCapture(config.num_hidden_layers, window)
+    capture = PrefillCapture(config.num_hidden_layers, queries, layer_windows(model.config))
+    capture.rotary = rotary_of(model)
     with torch.inference_mode():
         out = model(input_ids=input_ids, **cache_kwargs(model, capture), use_cache=True, logits_to_keep=1)
     return capture, out.logits[0, -1]
@@ -133,10 +178,11 @@ def capture_prefill(model: Any, input_ids: torch.Tensor, window: int) -> tuple[P
 def score_methods(
     capture: PrefillCapture, methods: list[CompressionMethod]
 ) -> tuple[dict[str, list[ScoredLayer]], dict[str, float]]:
-    """Each distinct scorer (:func:`lava.policy.scorer_key`) run once per layer.
+    """Each distinct scorer (:func:`lava.policy.scorer_key`) run once per global layer.
 
     Returns the scored layers and the seconds spent, both by scorer key; methods whose prompt fits
-    their budget need no scores and are skipped.
+    their budget need no scores and are skipped. Each scorer is first bound to the captured model's
+    rotary embedding (:meth:`~lava.scorers.Scorer.bind_model`).
     """
     scored: dict[str, list[ScoredLayer]] = {}
     seconds: dict[str, float] = {}
@@ -146,12 +192,13 @@ def score_methods(
             key = scorer_key(method)
             if key in scored or not evicts(method, n):
                 continue
+            bind_model(method.scorer, capture.rotary)
             t0 = time.perf_counter()
             scored[key] = [
                 score_layer(method, layer.query_window, layer.full_keys, layer.full_values, layer.scaling)
-                for layer in capture.layers
+                for layer in capture.global_layers
             ]
-            synchronize(capture.layers[0].full_keys)
+            synchronize(capture.device)
             seconds[key] = time.perf_counter() - t0
     return scored, seconds
 
@@ -167,25 +214,28 @@ def build_cache_from_capture(
     Parameters
     ----------
     scored : list of ScoredLayer or None
-        ``method``'s scorer on every layer (None when the prompt fits the budget).
+        ``method``'s scorer on every global layer (None when the prompt fits the budget).
     reserve : int
         Decode entries preallocated per head (``max_new_tokens``).
     """
     t0 = time.perf_counter()
-    cache = CompressedCache(method, len(capture.layers), reserve=reserve)
+    cache = CompressedCache(method, len(capture.layers), reserve=reserve, windows=capture.windows)
+    sliding = [isinstance(layer, SlidingLayer) for layer in capture.layers]
     with torch.inference_mode():
         cache.store_prefill(
-            [layer.full_keys for layer in capture.layers],
-            [layer.full_values for layer in capture.layers],
+            [layer.keys[0] if s else layer.full_keys for layer, s in zip(capture.layers, sliding)],
+            [layer.values[0] if s else layer.full_values for layer, s in zip(capture.layers, sliding)],
             scored,
+            prompt_len=capture.prompt_len,
         )
-    synchronize(capture.layers[0].full_keys)
+    synchronize(capture.device)
     cache.timings["allocation"] = time.perf_counter() - t0
     return cache
 
 
-def synchronize(tensor: torch.Tensor) -> None:
-    """Wait for ``tensor``'s device, so that a phase's wall time is its work, not its launches (once
-    per phase and sample, never per decode step)."""
-    if tensor.device.type == "cuda":
-        torch.cuda.synchronize(tensor.device)
+def synchronize(where: torch.Tensor | torch.device) -> None:
+    """Wait for a tensor's device (or a device), so that a phase's wall time is its work, not its
+    launches (once per phase and sample, never per decode step)."""
+    device = where.device if isinstance(where, torch.Tensor) else torch.device(where)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -40,7 +40,7 @@ from eval.sweep import decode_all, shared_prefill
 from lava.batch import BatchedCache
 from lava.compat import cache_kwargs
 from lava.policy import BudgetPlan, scorer_key
-from lava.prefill import build_cache_from_capture, capture_prefill, score_methods
+from lava.prefill import build_cache_from_capture, capture_prefill, capture_queries, score_methods
 
 METHODS = compressing_methods()  # a new method config is covered here unedited
 PROMPT = 100  # tokens; the configs fix window = 32
@@ -121,7 +121,7 @@ def shared_build(model, prompt, method) -> tuple[list, list, int]:
 
     Returns the kept positions, the final caps and how many times a later layer lowered an earlier
     layer's caps."""
-    capture, _ = capture_prefill(model, prompt, method.window)
+    capture, _ = capture_prefill(model, prompt, capture_queries([method]))
     scored, _ = score_methods(capture, [method])
     layers = scored.get(scorer_key(method))
     lowered = 0
@@ -182,7 +182,7 @@ def test_single_run_online_compression(model, prompt, name, budget):
 
 
 def built_caches(model, prompt, methods):
-    capture, logits = capture_prefill(model, prompt, max(m.window for m in methods))
+    capture, logits = capture_prefill(model, prompt, capture_queries(methods))
     scored, _ = score_methods(capture, methods)
     caches = [build_cache_from_capture(m, capture, scored.get(scorer_key(m)), NEW_TOKENS) for m in methods]
     capture.release()

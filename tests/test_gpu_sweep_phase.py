@@ -145,7 +145,7 @@ def test_full_cache_of_a_shared_prefill_reuses_the_captured_tensors(tiny):
     from lava.prefill import capture_prefill
 
     model, ids = tiny
-    capture, _ = capture_prefill(model, ids, window=8)
+    capture, _ = capture_prefill(model, ids, 8)  # the last 8 queries
     cache = capture.to_dynamic(model)
     reference = DynamicCache(config=model.config)
     with torch.inference_mode():
