@@ -99,10 +99,14 @@ def plan(profile: dict[str, Any], benches: list[str] | None, options: dict[str, 
 
 
 def sweep_overrides(profile: dict[str, Any], sweep: Sweep, output_root: Path) -> list[str]:
+    """The sweep's overrides: the bench's own, then the profile's methods and budgets unless the
+    bench entry sets them itself (e.g. a smaller grid for a second question setting)."""
     methods = profile["methods"]
     methods = methods if isinstance(methods, str) else f"[{','.join(methods)}]"
     budgets = f"[{','.join(str(b) for b in profile['budgets'])}]"
-    return [*sweep.overrides, f"methods={methods}", f"budgets={budgets}", f"output_root={output_root}"]
+    own = {o.split("=", 1)[0].strip("'\"") for o in sweep.overrides}
+    grid = [f"{k}={v}" for k, v in (("methods", methods), ("budgets", budgets)) if k not in own]
+    return [*sweep.overrides, *grid, f"output_root={output_root}"]
 
 
 def run_folders(cfg: DictConfig) -> list[Path]:

@@ -75,12 +75,19 @@ def _scores(root: Path) -> dict[str, tuple[dict, list]]:
 def test_cpu_profile_covers_every_offline_benchmark_at_the_issue_sizes():
     profile = load_profile(REPO / "configs" / "sweep" / "cpu.yaml")
     sweeps = plan(profile, None, {"longbench_dir": None})
-    assert [s.bench for s in sweeps] == ["niah", "fidelity", "code_completion", "infinitebench", "ruler"]
+    assert [s.bench for s in sweeps] == [
+        "niah", "fidelity", "code_completion", "infinitebench", "ruler", "niah_agnostic", "ruler_agnostic"
+    ]  # fmt: skip
     cfgs = {s.bench: compose_sweep(sweep_overrides(profile, s, Path("/tmp/x"))) for s in sweeps}
     assert cfgs["niah"].methods == "all" and list(cfgs["niah"].budgets) == [64, 128, 256]
     assert len(cfgs["niah"].bench.lengths) * len(cfgs["niah"].bench.depths) >= 50
     assert len(cfgs["ruler"].bench.tasks) == 11 and cfgs["ruler"].bench.num_samples >= 5
     assert cfgs["infinitebench"].bench.source == "synthetic" and cfgs["infinitebench"].bench.num_samples >= 3
+    for setting in ("niah", "ruler"):  # the second question setting: its own smaller grid, same prompts
+        agnostic = cfgs[f"{setting}_agnostic"]
+        assert agnostic.bench.question == "agnostic" and list(agnostic.budgets) == [128]
+        assert {"full", "snapkv", "lava", "expected_attention"} <= set(agnostic.methods)
+        assert agnostic.bench.lengths == cfgs[setting].bench.lengths
     with_lb = plan(profile, None, {"longbench_dir": "/data/lb"})
     assert with_lb[-1].bench == "longbench" and "bench.data_dir=/data/lb" in with_lb[-1].overrides
 
