@@ -12,10 +12,12 @@ the end):
   into the cache (in score order, not position order); which positions they are is read back by
   matching each stored key row with the keys the press scored. A head-wise press (Ada-KV, KVzip)
   keeps every row and lists the evicted ones in ``self_attn.masked_key_indices``: the complement.
+  ObservedAttentionPress reads the eager attention weights: that press runs with eager attention.
 * ours: the same config at ``budget = int(n * (1 - r))`` (our budget counts a head's entries,
   window included), its cache built from one shared prefill per prompt (the sweep's path, equal to
   a single run's: tests/test_sweep_equivalence.py); the kept positions are
-  ``CompressedLayer.positions``, the scores those of :func:`lava.prefill.score_methods`.
+  ``CompressedLayer.positions``, the scores those of :func:`lava.prefill.score_methods`. The
+  shared prefill keeps every prompt query (h2o and expected attention read them all).
 
 The kept sets must be equal, head by head, except where a difference is a tie: every entry kept by
 one side only must score within :data:`TIE_RTOL` of kvpress's boundary score (its lowest kept
@@ -23,13 +25,16 @@ score in that head), on kvpress's own scores; the report gives the largest such 
 press protects fewer recent entries than our smallest window (KnormPress and KeyDiffPress protect
 none; ``CompressionMethod`` needs ``window >= 1``), each window entry that kvpress did not keep
 displaces kvpress's lowest-scored kept entry: those differences are counted apart as "window",
-not as ties. Where both scores rank the same positions (:attr:`Peer.same_scores`), our scores must
-also equal kvpress's (``rtol`` :data:`SCORE_RTOL`).
+not as ties. Where both sides make one flat top-k over a layer's heads (:attr:`Peer.flat`: Ada-KV
+with no per-head floor on either side), the unit compared is the layer: its ``(head, position)``
+entries, its lowest kept score as the boundary, and a window entry displaces the layer's lowest.
+Where both scores rank the same positions (:attr:`Peer.same_scores`), our scores must also equal
+kvpress's (``rtol`` :data:`SCORE_RTOL`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,12 +65,25 @@ TIE_RTOL = 1e-5  # a difference is a tie when both entries score within this of 
 TIE_ATOL = 1e-12
 SCORE_RTOL = 1e-4  # two float32 implementations of one formula (different summation orders)
 SCORE_ATOL = 1e-7
-CAPTURE_WINDOW = 64  # queries kept by our shared prefill: at least every compared method's window
+# Prompt queries our shared prefill keeps: all (None), as h2o and expected attention read them all.
+CAPTURE_QUERIES = None
 
 
 def _snapkv(kv: Any, ratio: float, method: Any) -> Any:
     return kv.SnapKVPress(
         compression_ratio=ratio, window_size=method.window, kernel_size=method.scorer.kernel
+    )
+
+
+def _expected_attention(kv: Any, ratio: float, scorer: Any) -> Any:
+    """ExpectedAttentionPress with our scorer's parameters (the defaults of both are kvpress's)."""
+    return kv.ExpectedAttentionPress(
+        compression_ratio=ratio,
+        n_future_positions=scorer.n_future_positions,
+        n_sink=scorer.n_sink,
+        use_covariance=scorer.use_covariance,
+        use_vnorm=scorer.use_vnorm,
+        epsilon=scorer.epsilon,
     )
 
 
@@ -85,6 +103,9 @@ class Peer:
         Whether our prefix scores and kvpress's are the same numbers (compared with ``SCORE_RTOL``).
     attn_implementation : str
         The peer model's attention for this press (kvpress's ObservedAttentionPress reads eager weights).
+    flat : bool
+        Whether both sides select one flat top-k over all of a layer's (head, position) entries: the
+        kept sets are then compared per layer, boundary and window displacement taken over the layer.
     note : str
         What differs between the two configurations, for the report.
     """
@@ -93,6 +114,7 @@ class Peer:
     overrides: dict[str, Any] = field(default_factory=dict)
     same_scores: bool = False
     attn_implementation: str = "sdpa"
+    flat: bool = False
     note: str = ""
 
 
@@ -110,16 +132,33 @@ PEERS: dict[str, Peer] = {
     "keydiff": Peer(lambda kv, r, m: kv.KeyDiffPress(compression_ratio=r), {"window": 0}, same_scores=True),
     # TOVAPress keeps the last entry through its score (max + 1): our window of 1, exactly.
     "tova": Peer(lambda kv, r, m: kv.TOVAPress(compression_ratio=r), {"window": 1}, same_scores=True),
+    # ObservedAttentionPress: every query's eager attention summed per key, divided by the number of
+    # queries that see it (our normalize=true), GQA mean; it ranks every position: window 0 -> 1.
     "h2o": Peer(
         lambda kv, r, m: kv.ObservedAttentionPress(compression_ratio=r),
+        {"window": 0, "scorer.normalize": True},
+        same_scores=True,
         attn_implementation="eager",
-        note="ObservedAttentionPress (H2O's accumulated attention); needs eager attention",
+        note="ObservedAttentionPress on eager attention: mean attention each key receives",
     ),
-    "expected_attention": Peer(lambda kv, r, m: kv.ExpectedAttentionPress(compression_ratio=r)),
+    # ExpectedAttentionPress takes our scorer's parameters; its statistics cover every query after the
+    # sinks (our recent=null) and it protects the sinks only: window 0 -> 1.
+    "expected_attention": Peer(
+        lambda kv, r, m: _expected_attention(kv, r, m.scorer),
+        {"window": 0, "scorer.recent": None},
+        same_scores=True,
+    ),
     "kvzip": Peer(lambda kv, r, m: kv.KVzipPress(compression_ratio=r), note="head-wise: masked_key_indices"),
+    # AdaKVPress with alpha_safeguard a guarantees each head its own top int(a * kept) and fills the rest
+    # by one flat top-k; our FlatHeadBudget (the Ada-KV authors') gives head h round((1 - a) c_h + int(a b))
+    # with c_h its count in the flat top-k: different rules for a > 0, the same flat top-k of the layer's
+    # Hkv x budget best entries for a = 0 on both sides (compared per layer: flat=True).
     "adakv_expected_attention": Peer(
-        lambda kv, r, m: kv.AdaKVPress(kv.ExpectedAttentionPress(compression_ratio=r)),
-        note="head-wise: masked_key_indices",
+        lambda kv, r, m: kv.AdaKVPress(_expected_attention(kv, r, m.scorer), alpha_safeguard=0.0),
+        {"window": 0, "scorer.recent": None, "head_allocator.alpha": 0.0},
+        same_scores=True,
+        flat=True,
+        note="head-wise (masked_key_indices); alpha 0 on both sides: one flat top-k per layer",
     ),
 }
 
@@ -283,7 +322,7 @@ def captures(smollm2) -> Callable[[torch.Tensor], Any]:
     def capture(input_ids: torch.Tensor) -> Any:
         n = input_ids.shape[1]
         if n not in done:
-            done[n] = capture_prefill(smollm2[0], input_ids, CAPTURE_WINDOW)[0]
+            done[n] = capture_prefill(smollm2[0], input_ids, CAPTURE_QUERIES)[0]
         return done[n]
 
     return capture
@@ -294,7 +333,6 @@ def ours_kept(capture: Any, method: Any) -> Kept:
     its scores. Equal to what a single run keeps (tests/test_sweep_equivalence.py)."""
     from lava.prefill import build_cache_from_capture, score_methods
 
-    assert method.window <= CAPTURE_WINDOW
     scored, _ = score_methods(capture, [method])
     (layers,) = scored.values()
     cache = build_cache_from_capture(method, capture, layers, reserve=1)
@@ -310,10 +348,11 @@ def ours_kept(capture: Any, method: Any) -> Kept:
 
 @dataclass
 class Comparison:
-    """Differences over all layers and heads of one case."""
+    """Differences over all compared units (KV heads, or layers for a flat selection) of one case."""
 
-    heads: int = 0
-    heads_differing: int = 0
+    unit: str = "heads"
+    units: int = 0
+    units_differing: int = 0
     entries_differing: int = 0  # kept by one side only, counted on each side once (ties + window)
     window_entries: int = 0  # of which forced by our window that the press does not protect
     not_ties: list[str] = field(default_factory=list)
@@ -321,53 +360,71 @@ class Comparison:
     max_rel_gap: float = 0.0
 
 
-def compare(ours: Kept, theirs: Kept, n: int, press_window: int) -> Comparison:
-    """Per layer and head: equal kept sets, or differences that are ties (or forced by our window).
+def _units(
+    ours: Kept, theirs: Kept, n: int, window: range, flat: bool
+) -> Iterator[tuple[str, set[int], set[int], torch.Tensor, set[int], Callable[[int], str]]]:
+    """Yield ``(where, ours kept, kvpress kept, kvpress scores (m,), forced window, name of an entry)``.
+
+    A unit is one KV head (entries: positions), or with ``flat`` one layer, whose entries are numbered
+    ``h * n + p`` over its heads, the numbering of kvpress's flattened ``(Hkv, n)`` scores.
+    """
+    for j, (our_layer, their_layer) in enumerate(zip(ours.positions, theirs.positions, strict=True)):
+        scores = theirs.scores[j].double()
+        if flat:
+            mine = {h * n + p for h, head in enumerate(our_layer) for p in head}
+            kept = {h * n + p for h, head in enumerate(their_layer) for p in head}
+            forced = {h * n + p for h in range(len(our_layer)) for p in window}
+            yield f"layer {j}", mine, kept, scores.reshape(-1), forced, lambda e: f"head {e // n} pos {e % n}"
+        else:
+            for h, (mine, kept) in enumerate(zip(our_layer, their_layer, strict=True)):
+                yield f"layer {j} head {h}", mine, kept, scores[h], set(window), lambda e: f"pos {e}"
+
+
+def compare(ours: Kept, theirs: Kept, n: int, press_window: int, flat: bool = False) -> Comparison:
+    """Per layer and head (per layer with ``flat``): equal kept sets, or differences that are ties (or
+    forced by our window).
 
     ``press_window`` is the number of last positions the press keeps through its scores; where our
     window is larger, our window entries kvpress did not keep are set aside with as many of
-    kvpress's lowest-scored kept entries.
+    kvpress's lowest-scored kept entries of the unit (of the whole layer with ``flat``: one flat top-k).
     """
-    result = Comparison()
-    forced_window = range(n - ours.window, n) if ours.window > press_window else range(0)
-    for j, (our_layer, their_layer) in enumerate(zip(ours.positions, theirs.positions, strict=True)):
-        scores = theirs.scores[j]
-        for h, (mine, kept) in enumerate(zip(our_layer, their_layer, strict=True)):
-            result.heads += 1
-            if mine == kept:
-                continue
-            result.heads_differing += 1
-            s = scores[h].double()
-            only_ours = sorted(mine - kept)
-            only_theirs = sorted(kept - mine, key=lambda p: float(s[p]))  # lowest kvpress score first
-            forced = [p for p in only_ours if p in forced_window]
-            only_ours = [p for p in only_ours if p not in forced_window]
-            displaced, only_theirs = only_theirs[: len(forced)], only_theirs[len(forced) :]
-            result.window_entries += len(forced)
-            result.entries_differing += len(forced) + len(only_ours)
-            boundary = float(s[sorted(kept)].min())
-            tol = TIE_RTOL * abs(boundary) + TIE_ATOL
-            for p in displaced:  # what a forced window entry displaces is kvpress's last kept entry
-                if abs(float(s[p]) - boundary) > tol:
-                    result.not_ties.append(
-                        f"layer {j} head {h} pos {p}: dropped for our window but kvpress scores it "
-                        f"{float(s[p]):.9g}, above its boundary {boundary:.9g}"
-                    )
-            for p in only_ours + only_theirs:
-                gap = abs(float(s[p]) - boundary)
-                if gap > tol:
-                    side = "ours" if p in mine else "kvpress"
-                    result.not_ties.append(
-                        f"layer {j} head {h} pos {p} kept by {side} only: kvpress score {float(s[p]):.9g}, "
-                        f"boundary {boundary:.9g} (gap {gap:.3g})"
-                    )
-                    continue
-                result.max_gap = max(result.max_gap, gap)
-                result.max_rel_gap = max(result.max_rel_gap, gap / max(abs(boundary), 1e-300))
-            if len(only_ours) != len(only_theirs):
+    result = Comparison(unit="layers" if flat else "heads")
+    window = range(n - ours.window, n) if ours.window > press_window else range(0)
+    for where, mine, kept, s, forced_window, name in _units(ours, theirs, n, window, flat):
+        result.units += 1
+        if mine == kept:
+            continue
+        result.units_differing += 1
+        only_ours = sorted(mine - kept)
+        only_theirs = sorted(kept - mine, key=lambda p: float(s[p]))  # lowest kvpress score first
+        forced = [p for p in only_ours if p in forced_window]
+        only_ours = [p for p in only_ours if p not in forced_window]
+        displaced, only_theirs = only_theirs[: len(forced)], only_theirs[len(forced) :]
+        result.window_entries += len(forced)
+        result.entries_differing += len(forced) + len(only_ours)
+        boundary = float(s[sorted(kept)].min())
+        tol = TIE_RTOL * abs(boundary) + TIE_ATOL
+        for p in displaced:  # what a forced window entry displaces is kvpress's last kept entry
+            if abs(float(s[p]) - boundary) > tol:
                 result.not_ties.append(
-                    f"layer {j} head {h}: {len(only_ours)} entries kept by ours only, {len(only_theirs)} by kvpress"
+                    f"{where} {name(p)}: dropped for our window but kvpress scores it "
+                    f"{float(s[p]):.9g}, above its boundary {boundary:.9g}"
                 )
+        for p in only_ours + only_theirs:
+            gap = abs(float(s[p]) - boundary)
+            if gap > tol:
+                side = "ours" if p in mine else "kvpress"
+                result.not_ties.append(
+                    f"{where} {name(p)} kept by {side} only: kvpress score {float(s[p]):.9g}, "
+                    f"boundary {boundary:.9g} (gap {gap:.3g})"
+                )
+                continue
+            result.max_gap = max(result.max_gap, gap)
+            result.max_rel_gap = max(result.max_rel_gap, gap / max(abs(boundary), 1e-300))
+        if len(only_ours) != len(only_theirs):
+            result.not_ties.append(
+                f"{where}: {len(only_ours)} entries kept by ours only, {len(only_theirs)} by kvpress"
+            )
     return result
 
 
@@ -395,6 +452,11 @@ def test_kept_entries_match_kvpress(name, ratio, n, captures, peer_model, prompt
     if uniform:  # every head of every layer keeps exactly the budget, on both sides
         assert {len(kept) for layer in theirs.positions for kept in layer} == {budget}
         assert {len(kept) for layer in ours.positions for kept in layer} == {budget}
+    elif peer.flat:  # every layer keeps Hkv x budget entries in all, on both sides
+        for side in (theirs, ours):
+            assert {sum(len(kept) for kept in layer) for layer in side.positions} == {
+                len(side.positions[0]) * budget
+            }
 
     if peer.same_scores:  # the same numbers, before any selection
         prefix = n - ours.window
@@ -407,14 +469,14 @@ def test_kept_entries_match_kvpress(name, ratio, n, captures, peer_model, prompt
                 msg=lambda m, j=j: f"layer {j}: our scores differ from kvpress's\n{m}",
             )
 
-    result = compare(ours, theirs, n, press_window)
+    result = compare(ours, theirs, n, press_window, peer.flat)
     label = f"{name} ratio={ratio} n={n} (budget {budget}, window {method.window})"
-    if result.heads_differing == 0:
-        outcome = f"identical over {result.heads} heads"
+    if result.units_differing == 0:
+        outcome = f"identical over {result.units} {result.unit}"
     else:
         ties = result.entries_differing - result.window_entries
         outcome = (
-            f"{result.heads_differing}/{result.heads} heads differ, {result.entries_differing} entries each side: "
+            f"{result.units_differing}/{result.units} {result.unit} differ, {result.entries_differing} entries each side: "
             f"{ties} ties (largest gap {result.max_gap:.2e}, relative {result.max_rel_gap:.2e})"
             + (f", {result.window_entries} forced by our window" if result.window_entries else "")
             + (f", {len(result.not_ties)} NOT ties" if result.not_ties else "")
