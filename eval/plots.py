@@ -22,8 +22,10 @@ from eval.tables import (  # noqa: E402
     AVERAGE,
     BenchTable,
     ResultTables,
+    kept_share,
     method_rank,
     per_model,
+    sliding_layers,
     summary_table,
 )
 from lava.allocation import UniformHeadBudget, UniformLayerBudget  # noqa: E402
@@ -232,11 +234,28 @@ def niah_grid(runs: Sequence[Run], path: Path) -> Path | None:
     return _finish_grid(fig, axes, image, title, path, runs[0].headline)
 
 
+SLIDING_COLOR = "lightgrey"
+SLIDING_LABEL = "sliding"
+
+
+def _blocks(layers: Sequence[int]) -> list[tuple[int, int]]:
+    """``(first, last)`` of each run of consecutive layers in sorted ``layers``."""
+    blocks: list[tuple[int, int]] = []
+    for layer in layers:
+        if blocks and layer == blocks[-1][1] + 1:
+            blocks[-1] = (blocks[-1][0], layer)
+        else:
+            blocks.append((layer, layer))
+    return blocks
+
+
 def budget_heatmaps(runs: Sequence[Run], path: Path, methods: Sequence[str] = BUDGET_METHODS) -> Path | None:
     """Where the budget goes: kept entries per layer x KV head over the budget, methods x budgets.
 
     A cell is the mean over samples of the head's kept entries divided by the budget, so 1 is the
-    uniform share and the colour scale is comparable across budgets.
+    uniform share and the colour scale is comparable across budgets. A hybrid model's sliding-window
+    layers (:func:`~eval.tables.sliding_layers`) keep their window whatever the budget: their
+    columns are grey, labelled "sliding", and left out of the colour scale.
     """
     selected = [(r, kept_mean(r)) for r in runs if r.method in methods and r.budget is not None]
     selected = [(r, k) for r, k in selected if k is not None]
@@ -244,8 +263,9 @@ def budget_heatmaps(runs: Sequence[Run], path: Path, methods: Sequence[str] = BU
         return None
     budgets = sorted({r.budget for r, _ in selected})
     rows = [m for m in methods if any(r.method == m for r, _ in selected)]
-    by_key = {(r.method, r.budget): (r, k) for r, k in selected}
-    vmax = max(float(np.max(k / r.budget)) for r, k in selected)
+    by_key = {(r.method, r.budget): (r, kept_share(r, k)) for r, k in selected}
+    vmax = max(float(np.nanmax(share)) for _, share in by_key.values())
+    hybrid = any(sliding_layers(r) for r, _ in selected)
     fig, axes = _grid(len(rows), len(budgets), 4.2, 1.6)
     image = None
     for i, method in enumerate(rows):
@@ -254,11 +274,22 @@ def budget_heatmaps(runs: Sequence[Run], path: Path, methods: Sequence[str] = BU
             if (method, budget) not in by_key:
                 ax.axis("off")
                 continue
-            run, kept = by_key[(method, budget)]
-            share = (kept / budget).T  # (kv_heads, layers): layers along the page
-            image = ax.imshow(
-                share, cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto", interpolation="nearest"
-            )
+            run, share = by_key[(method, budget)]
+            share = share.T  # (kv_heads, layers): layers along the page
+            # NaN cells (sliding layers) take the colour map's "bad" colour
+            cmap = matplotlib.colormaps["viridis"].with_extremes(bad=SLIDING_COLOR) if hybrid else "viridis"
+            image = ax.imshow(share, cmap=cmap, vmin=0.0, vmax=vmax, aspect="auto", interpolation="nearest")
+            for first, last in _blocks(sliding_layers(run)):
+                ax.text(
+                    (first + last) / 2,
+                    (share.shape[0] - 1) / 2,
+                    SLIDING_LABEL,
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="dimgray",
+                    rotation=0 if last - first >= 2 else 90,
+                )
             ax.set_yticks(np.arange(share.shape[0]), [str(h) for h in range(share.shape[0])], fontsize=7)
             ax.set_xticks(
                 np.arange(0, share.shape[1], 5), [str(x) for x in range(0, share.shape[1], 5)], fontsize=7
@@ -266,6 +297,8 @@ def budget_heatmaps(runs: Sequence[Run], path: Path, methods: Sequence[str] = BU
             ax.set_title(f"{method} @ {budget}", fontsize=9)
             _edge_labels(ax, i, j, len(rows), "KV head", "layer")
     title = f"Kept entries per layer and KV head / budget (mean over samples, {selected[0][0].bench})"
+    if hybrid:
+        title += "\ngrey: sliding-window layers (their rolling window, not compressed)"
     return _finish_grid(fig, axes, image, title, path, "kept / budget")
 
 
@@ -276,7 +309,11 @@ def layer_curves(
     title: str,
     reference: float | None = None,
 ) -> Path | None:
-    """One value per layer for each run: a line per method, a panel per budget (None without curves)."""
+    """One value per layer for each run: a line per method, a panel per budget (None without curves).
+
+    NaN values (a sliding layer's budget share) are skipped, the line joining the layers on either
+    side; a hybrid model's sliding-window layers (:func:`~eval.tables.sliding_layers`) are shaded grey.
+    """
     if not curves:
         return None
     budgets = sorted({r.budget for r, _ in curves})
@@ -285,10 +322,13 @@ def layer_curves(
         own = sorted(
             ((r, c) for r, c in curves if r.budget == budget), key=lambda p: method_rank(p[0].method)
         )
+        sliding = sorted({layer for run, _ in own for layer in sliding_layers(run)})
+        for k, (first, last) in enumerate(_blocks(sliding)):
+            label = f"{SLIDING_LABEL} (not compressed)" if k == 0 else None
+            ax.axvspan(first - 0.5, last + 0.5, color=SLIDING_COLOR, alpha=0.6, linewidth=0, label=label)
         for run, curve in own:
-            ax.plot(
-                np.arange(len(curve)), curve, marker=".", color=method_color(run.method), label=run.method
-            )
+            layers = np.flatnonzero(~np.isnan(curve))
+            ax.plot(layers, curve[layers], marker=".", color=method_color(run.method), label=run.method)
         if reference is not None:
             ax.axhline(reference, color="black", linewidth=0.8, linestyle=":")
         ax.set_title(f"budget {budget}", fontsize=10)
@@ -301,10 +341,17 @@ def layer_curves(
     return save_figure(fig, path)
 
 
+def _layer_share(run: Run, kept: np.ndarray) -> np.ndarray:
+    """(layers,) a layer's kept entries over its uniform share (budget x KV heads); NaN on sliding layers."""
+    share = kept.sum(axis=1) / (run.budget * kept.shape[1])
+    share[sliding_layers(run)] = np.nan  # they hold their window, not a share of the budget
+    return share
+
+
 def layer_budget_lines(runs: Sequence[Run], path: Path) -> Path | None:
     """Per-layer total kept entries over (budget x KV heads), one line per method, a panel per budget."""
     kept = [(r, kept_mean(r)) for r in runs if r.budget is not None and r.method != FULL_METHOD]
-    curves = [(r, k.sum(axis=1) / (r.budget * k.shape[1])) for r, k in kept if k is not None]
+    curves = [(r, _layer_share(r, k)) for r, k in kept if k is not None]
     title = f"Budget per layer (mean over samples, {runs[0].bench if runs else ''}); 1 = uniform"
     return layer_curves(curves, path, "layer total / uniform share", title, reference=1.0)
 

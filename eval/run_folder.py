@@ -226,7 +226,11 @@ def finish_run(
 
 def write_kept_array(run_dir: Path, records: list[dict[str, Any]]) -> Path | None:
     """``kept_per_head.npy``: entries kept per (sample, layer, KV head), shape (samples, layers, kv_heads),
-    for the budget plots; None when no record carries ``kept_per_head`` (the full cache)."""
+    for the budget plots; None when no record carries ``kept_per_head`` (the full cache).
+
+    Every layer is there, a hybrid model's sliding-window layers too (they hold their rolling window,
+    whatever the budget); the records' ``global_layers`` name the compressed ones, and the budget
+    table and figures (:func:`eval.tables.sliding_layers`) leave the others out of the budget share."""
     kept = [r["kept_per_head"] for r in records if "kept_per_head" in r]
     if not kept:
         return None

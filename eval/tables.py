@@ -319,23 +319,57 @@ def write_summary(tables: Sequence[BenchTable], stem: Path, profile: str | None 
 
 
 # ------------------------------------------------------------------------- where the budget goes
+def sliding_layers(run: Run) -> list[int]:
+    """The layers of ``run`` that are sliding windows (a hybrid model such as Gemma 3), in order.
+
+    A compressed run's records name the layers the cache compressed (``global_layers``, from
+    :meth:`lava.cache.CompressedCache.report`); the others keep their rolling window whatever the
+    budget. Empty when every layer is global, and for records that predate the field (models
+    without sliding layers then).
+    """
+    for record in run.records:
+        if "global_layers" in record and "kept_per_head" in record:
+            compressed = set(record["global_layers"])
+            return [i for i in range(len(record["kept_per_head"])) if i not in compressed]
+    return []
+
+
+def kept_share(run: Run, kept: np.ndarray) -> np.ndarray:
+    """``kept / budget`` per layer and KV head (``kept`` as :func:`kept_mean` gives it), NaN on the
+    run's :func:`sliding_layers`: they hold their window, not a share of the budget."""
+    share = kept / run.budget
+    sliding = sliding_layers(run)
+    if sliding:
+        share[sliding] = np.nan  # a new array: kept itself is left as it is
+    return share
+
+
 def budget_frame(runs: Sequence[Run]) -> pd.DataFrame:
     """Kept entries per (method, budget, layer, KV head), mean over samples, and their share of the budget.
 
     Columns ``method``, ``budget``, ``layer``, ``head``, ``kept`` (mean entries), ``share``
     (``kept / budget``: 1 is the uniform allocation). Runs without ``kept_per_head.npy`` are left out.
+    When a run has sliding-window layers (:func:`sliding_layers`), a ``layer_kind`` column
+    (``global`` / ``sliding``) follows, and a sliding layer's ``share`` is empty (NaN): its ``kept``
+    is its window, which the budget does not set.
     """
     rows = []
+    hybrid = False
     for run in sorted(runs, key=lambda r: (method_rank(r.method), r.budget or 0)):
         # a ratio run's budget differs by sample: no share of one budget to show
         kept = kept_mean(run) if run.budget is not None and not run.is_ratio else None
         if kept is None:
             continue
+        share = kept_share(run, kept)
+        sliding = set(sliding_layers(run))
+        hybrid = hybrid or bool(sliding)
         for layer, heads in enumerate(kept):
+            kind = "sliding" if layer in sliding else "global"
             for head, value in enumerate(heads):
                 rows.append({"method": run.method, "budget": run.budget, "layer": layer, "head": head,
-                             "kept": float(value), "share": float(value) / run.budget})  # fmt: skip
-    return pd.DataFrame(rows, columns=["method", "budget", "layer", "head", "kept", "share"])
+                             "kept": float(value), "share": float(share[layer, head]), "layer_kind": kind})  # fmt: skip
+    columns = ["method", "budget", "layer", "head", "kept", "share"]
+    return pd.DataFrame(rows, columns=[*columns, "layer_kind"] if hybrid else columns)
 
 
 # ------------------------------------------------------------------------------------- driver
@@ -413,6 +447,11 @@ def write_tables(result: ResultTables, out: Path) -> list[Path]:
                     f"{table.bench}: kept entries per layer and KV head (mean over samples)",
                     *table.header[1:5],
                 ]
+                if "layer_kind" in budget:
+                    header.insert(
+                        1,
+                        "sliding layers keep their rolling window, not compressed: share left empty",
+                    )
                 written.append(
                     write_csv(
                         budget, folder / f"{table.bench}_budget.csv", header=header, float_format="%.4f"

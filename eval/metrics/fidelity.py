@@ -6,7 +6,8 @@ Two families of measures, both computed on the same teacher-forced continuation:
   per position), :func:`top1_agreement` and :func:`token_nll` (for the NLL difference);
 - per layer, the error of the layer's attention output (LAVa's layer-wise objective):
   :func:`causal_attention_many` computes the continuation's attention over what each compressed cache
-  kept, :func:`relative_l2` compares it with the full-cache output.
+  kept (:func:`windowed_attention` on a sliding-window layer of a hybrid model), :func:`relative_l2`
+  compares it with the full-cache output.
 
 Everything is computed in float64 or float32 regardless of the model's dtype, so that the measures
 do not depend on bf16 rounding.
@@ -200,3 +201,66 @@ def causal_attention_many(
         scaling,
     )  # (C * Hkv, g * m, d): row j * m + i is query head (kv, j), token i
     return out.reshape(caches, hq, m, d)
+
+
+def windowed_attention(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    row_head: torch.Tensor,
+    row_pos: torch.Tensor,
+    new_keys: torch.Tensor,
+    new_values: torch.Tensor,
+    scaling: float,
+    window: int,
+    start: int,
+) -> torch.Tensor:
+    """Sliding-window attention of ``m`` new queries over kept prompt rows plus their own keys.
+
+    New token ``i`` sits at position ``start + i`` and sees a key at position ``k`` only when
+    ``0 <= start + i - k < window`` (the window counts the token itself, as transformers' sliding
+    mask does); query head ``h`` reads the rows of KV head ``h // (Hq / Hkv)``. A sliding layer keeps
+    at most ``window - 1`` prompt rows per head, so the dense logits stay small.
+
+    Parameters
+    ----------
+    query : Tensor, shape (Hq, m, d)
+        Post-RoPE queries of the new tokens.
+    keys, values : Tensor, shape (N, d)
+        Kept prompt rows of all KV heads, in any order.
+    row_head, row_pos : Tensor, shape (N,), int64
+        Each row's KV head and prompt position.
+    new_keys, new_values : Tensor, shape (Hkv, m, d)
+        The new tokens' own keys and values.
+    scaling : float
+    window : int
+        The layer's sliding window.
+    start : int
+        Position of the first new token (the prompt length).
+
+    Returns
+    -------
+    Tensor, shape (Hq, m, d), float32 (float64 for float64 inputs)
+    """
+    hq, m, d = query.shape
+    hkv = new_keys.shape[0]
+    dtype = torch.promote_types(query.dtype, torch.float32)
+    device = query.device
+    q = query.to(dtype).reshape(hkv, (hq // hkv) * m, d)  # row j * m + i: query head (kv, j), token i
+    q_pos = start + torch.arange(m, device=device).repeat(hq // hkv)  # (g * m,)
+    # Every KV head sees all prompt rows, masked to its own: (Hkv, N + m) keys per query row.
+    k = torch.cat([keys.to(dtype)[None].expand(hkv, -1, -1), new_keys.to(dtype)], dim=1)
+    v = torch.cat([values.to(dtype)[None].expand(hkv, -1, -1), new_values.to(dtype)], dim=1)
+    k_pos = torch.cat([row_pos.to(device), start + torch.arange(m, device=device)])  # (N + m,)
+    own = torch.cat(
+        [
+            row_head.to(device)[None, :] == torch.arange(hkv, device=device)[:, None],
+            torch.ones(hkv, m, dtype=torch.bool, device=device),
+        ],
+        dim=1,
+    )  # (Hkv, N + m)
+    gap = q_pos[:, None] - k_pos[None, :]  # (g * m, N + m)
+    visible = own[:, None, :] & ((gap >= 0) & (gap < window))[None]  # (Hkv, g * m, N + m)
+    logits = torch.matmul(q, k.transpose(1, 2)) * scaling
+    weights = torch.softmax(logits.masked_fill(~visible, float("-inf")), dim=-1)
+    return torch.matmul(weights, v).reshape(hq, m, d)

@@ -19,6 +19,12 @@ The reference runs the full cache (a ``DynamicCache``) through an attention func
 per layer, the continuation's post-RoPE queries, keys and values and its full-cache attention
 output. :func:`compare` recomputes each layer's attention output for those same queries over what
 the compressed cache kept, so the layer's error is its own and not inherited from earlier layers.
+
+In a hybrid model (Gemma 3) a sliding-window layer keeps only its rolling window, under every cache
+(:class:`lava.cache.SlidingLayer`, or transformers' own layer in the full cache), and the model's
+mask limits its attention to that window anyway. Its recomputed attention applies the same window
+(:func:`~eval.metrics.fidelity.windowed_attention`) to the positions the layer holds, so a sliding
+layer's error is 0, up to float rounding, whenever its queries and kept entries are the full cache's.
 """
 
 from __future__ import annotations
@@ -36,9 +42,11 @@ from eval.metrics.fidelity import (
     FullDistribution,
     causal_attention_many,
     relative_l2,
+    windowed_attention,
 )
 from lava.attention import lava_attention_forward, register_attention
 from lava.compat import cache_kwargs
+from lava.errors import UserError
 
 CAPTURE_ATTENTION = "lava_fidelity_capture"
 _capture: dict[int, LayerCapture] | None = None  # set only inside _capturing()
@@ -60,6 +68,9 @@ class LayerCapture:
     scaling : float
     module : torch.nn.Module
         The attention module (its ``o_proj`` maps per-head outputs to the residual stream).
+    window : int or None
+        The layer's sliding window (each token attends to the last ``window`` positions, itself
+        included), or None for a global layer.
     """
 
     query: torch.Tensor
@@ -68,6 +79,7 @@ class LayerCapture:
     output: torch.Tensor
     scaling: float
     module: Any
+    window: int | None = None
 
 
 @dataclass
@@ -234,8 +246,11 @@ def reference_from_full_cache(
     continuation = _as_ids(continuation_ids, device)
     if continuation.numel() < 2:
         raise ValueError("continuation_ids needs m + 1 >= 2 tokens")
+    windows = attention_windows(model.config)
     with _attention(model, CAPTURE_ATTENTION), _capturing() as layers:
         out = model(input_ids=continuation[None, :-1], **cache_kwargs(model, full_cache), use_cache=True)
+    for index, capture in layers.items():
+        capture.window = windows[index]
     return FidelityReference(
         prompt_len=int(prompt_len),
         continuation_ids=continuation,
@@ -260,6 +275,24 @@ def full_reference(model: Any, prompt_ids: Any, continuation_ids: Any) -> Fideli
     return reference_from_full_cache(model, full, len(_as_ids(prompt_ids, "cpu")), continuation_ids)
 
 
+def attention_windows(config: Any) -> list[int | None]:
+    """Per decoder layer: the sliding window its attention mask applies, or None for a global layer.
+
+    The layers are those :func:`lava.cache.layer_windows` names (what the compressed cache keeps as
+    rolling windows). A chunked-attention layer also rolls, but its mask is a chunk, not a window,
+    which the recomputed attention does not model: refused.
+    """
+    from lava.cache import layer_windows
+
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if "chunked_attention" in (getattr(text, "layer_types", None) or []):
+        raise UserError(
+            "bench=fidelity does not support chunked-attention layers (its per-layer attention error "
+            "models full and sliding-window masks only)"
+        )
+    return layer_windows(config)
+
+
 def kept_prompt_rows(layer: Any, prompt_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(keys (N, d), values (N, d), row_head (N,))`` of the prompt entries a cache layer keeps.
 
@@ -276,20 +309,56 @@ def kept_prompt_rows(layer: Any, prompt_len: int) -> tuple[torch.Tensor, torch.T
     return keys.reshape(hkv * n, d), values.reshape(hkv * n, d), heads
 
 
+def kept_prompt_positions(layer: Any, prompt_len: int) -> torch.Tensor:
+    """(N,) prompt position of each row :func:`kept_prompt_rows` returns, in the same order.
+
+    A :class:`lava.cache.CompressedLayer` gives its positions head after head; any other layer holds
+    the last entries of the prompt in every head (all of them in a plain layer, the rolling window
+    in a sliding one: transformers' ``DynamicSlidingWindowLayer`` or :class:`lava.cache.SlidingLayer`).
+    """
+    if hasattr(layer, "prompt_keys"):
+        return torch.cat(layer.positions)
+    hkv, kept = layer.keys.shape[1], min(layer.keys.shape[2], prompt_len)
+    last = torch.arange(prompt_len - kept, prompt_len, device=layer.keys.device)
+    return last.repeat(hkv)
+
+
 @torch.no_grad()
 def layer_attention_errors_many(reference: FidelityReference, caches: Sequence[Any]) -> list[list[float]]:
     """Per cache, per layer: relative L2 error of the attention output over the cache's kept prompt entries.
 
     The queries and the continuation's own keys/values come from the full-cache run, so each
-    layer sees the same inputs as under the full cache and its error is its own. Per layer, all
-    caches go through one :func:`~eval.metrics.fidelity.causal_attention_many` call.
+    layer sees the same inputs as under the full cache and its error is its own. Per global layer,
+    all caches go through one :func:`~eval.metrics.fidelity.causal_attention_many` call; a sliding
+    layer's attention (:func:`~eval.metrics.fidelity.windowed_attention`, per cache) sees only the
+    kept positions within its window, as the model's mask lets the full cache see.
     """
     errors: list[list[float]] = [[] for _ in caches]
+    n = reference.prompt_len
     for index, capture in enumerate(reference.layers):
-        prompts = [kept_prompt_rows(cache.layers[index], reference.prompt_len) for cache in caches]
-        per_head = causal_attention_many(
-            capture.query, prompts, capture.keys, capture.values, capture.scaling
-        )  # (C, Hq, m, d)
+        prompts = [kept_prompt_rows(cache.layers[index], n) for cache in caches]
+        if capture.window is None:
+            per_head = causal_attention_many(
+                capture.query, prompts, capture.keys, capture.values, capture.scaling
+            )  # (C, Hq, m, d)
+        else:
+            per_head = torch.stack(
+                [
+                    windowed_attention(
+                        capture.query,
+                        keys,
+                        values,
+                        heads,
+                        kept_prompt_positions(cache.layers[index], n),
+                        capture.keys,
+                        capture.values,
+                        capture.scaling,
+                        capture.window,
+                        n,
+                    )
+                    for (keys, values, heads), cache in zip(prompts, caches)
+                ]
+            )  # (C, Hq, m, d)
         approx = _project(capture.module, per_head.transpose(1, 2))  # (C, m, hidden)
         for k in range(len(caches)):
             errors[k].append(relative_l2(approx[k], capture.output))
