@@ -23,7 +23,7 @@ LOWEST_TESTS        ?= tests/test_transformers_range.py tests/test_cake_budgets.
                        tests/test_model_families.py tests/test_token_identical.py tests/test_entry_counts.py \
                        tests/test_checks.py tests/test_niah.py
 
-.PHONY: setup run test test-lowest lint format bench-perf bench-sweep bench-fidelity-cost reproduce-tables gpu-check gpu-wheels clean
+.PHONY: setup run test test-lowest lint format bench-perf bench-sweep bench-fidelity-cost bench-scorer-cost reproduce-tables gpu-check gpu-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -110,6 +110,10 @@ bench-sweep: setup
 
 bench-fidelity-cost: setup
 	$(PY) scripts/bench_fidelity_cost.py $(ARGS)
+
+# Prefill + scoring + build time of every method against SnapKV at 2k tokens (docs/perf.md).
+bench-scorer-cost: setup
+	$(PY) scripts/bench_scorer_cost.py $(ARGS)
 
 # `make reproduce-tables PROFILE=cpu|paper LAUNCHER=local|slurm` (docs/reproduce.md); resumable.
 PROFILE  ?= cpu

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -50,6 +50,32 @@ AGNOSTIC_SUFFIX = "_agnostic"
 #: Suffix of the benchmark name of compression-ratio runs (``compression_ratio=``): their tables put
 #: the ratio where budget runs put the budget (:attr:`Run.budget` holds the ratio, :attr:`Run.is_ratio`).
 RATIO_SUFFIX = "_ratio"
+#: The question settings (``bench.question``) and the units of a run's cache size, as
+#: :func:`split_bench` reads them back from a benchmark name.
+AWARE, AGNOSTIC = "aware", "agnostic"
+BUDGET_UNIT, RATIO_UNIT = "budget", "ratio"
+
+
+class BenchSetting(NamedTuple):
+    """A results benchmark name taken apart: the benchmark, its question setting, its unit."""
+
+    base: str
+    setting: str
+    unit: str
+
+
+def split_bench(bench: str) -> BenchSetting:
+    """The inverse of :func:`load_run`'s naming, ``<bench>[_ratio][_agnostic]``.
+
+    ``"ruler_ratio_agnostic"`` -> ``("ruler", "agnostic", "ratio")``; ``"niah"`` ->
+    ``("niah", "aware", "budget")``.
+    """
+    setting = AGNOSTIC if bench.endswith(AGNOSTIC_SUFFIX) else AWARE
+    base = bench.removesuffix(AGNOSTIC_SUFFIX)
+    unit = RATIO_UNIT if base.endswith(RATIO_SUFFIX) else BUDGET_UNIT
+    return BenchSetting(base.removesuffix(RATIO_SUFFIX), setting, unit)
+
+
 _SHARD = re.compile(r"-shard\d+of\d+$")
 
 

@@ -85,17 +85,39 @@ def plan(profile: dict[str, Any], benches: list[str] | None, options: dict[str, 
     for model in profile["models"]:
         for bench in benches or known:
             entry = profile["benches"][bench]
-            overrides = list(entry["overrides"] if isinstance(entry, dict) else entry)
-            needs = entry.get("requires") if isinstance(entry, dict) else None
-            if needs:
-                if not options.get(needs):
-                    if benches and bench in benches:
-                        raise UserError(f"bench {bench} needs --{needs.replace('_', '-')} <folder>")
+            # A bench entry may name the models it runs on (the model that fits that benchmark on
+            # this machine, docs/reproduce.md); it then runs once per named model, in the first
+            # profile model's turn, so the sweep order stays the profile's bench order.
+            own_models = entry.get("models") if isinstance(entry, dict) else None
+            if own_models is not None:
+                if model != profile["models"][0]:
                     continue
-                overrides.append(f"bench.data_dir={options[needs]}")
-            count = shards.get(bench, shards.get("default", 1)) if isinstance(shards, dict) else shards
-            sweeps.append(Sweep(model, bench, [f"model={model}", *overrides], int(count)))
-    return sweeps
+                for own in own_models:
+                    sweeps.append(_sweep(shards, own, bench, entry, options, benches))
+                continue
+            sweeps.append(_sweep(shards, model, bench, entry, options, benches))
+    return [s for s in sweeps if s is not None]
+
+
+def _sweep(
+    shards: Any,
+    model: str,
+    bench: str,
+    entry: Any,
+    options: dict[str, str | None],
+    benches: list[str] | None,
+) -> Sweep | None:
+    """One (model, bench) sweep of :func:`plan`; None when the bench's ``requires`` option is unset."""
+    overrides = list(entry["overrides"] if isinstance(entry, dict) else entry)
+    needs = entry.get("requires") if isinstance(entry, dict) else None
+    if needs:
+        if not options.get(needs):
+            if benches and bench in benches:
+                raise UserError(f"bench {bench} needs --{needs.replace('_', '-')} <folder>")
+            return None
+        overrides.append(f"bench.data_dir={options[needs]}")
+    count = shards.get(bench, shards.get("default", 1)) if isinstance(shards, dict) else shards
+    return Sweep(model, bench, [f"model={model}", *overrides], int(count))
 
 
 def sweep_overrides(profile: dict[str, Any], sweep: Sweep, output_root: Path) -> list[str]:
@@ -213,7 +235,7 @@ def write_readme(profile: dict[str, Any], args: argparse.Namespace, sweeps: list
         + f"{args.profile.name}; do not edit. How to read them: docs/results.md; what the profile",
         "does and does not reproduce: docs/reproduce.md.",
         "",
-        f"- models: {', '.join(profile['models'])}",
+        f"- models: {', '.join(dict.fromkeys(s.model for s in sweeps))}",
         f"- methods: {profile['methods'] if isinstance(profile['methods'], str) else ', '.join(profile['methods'])}",
         f"- budgets: {', '.join(str(b) for b in profile['budgets'])}",
         "- sweeps (Hydra overrides):",
