@@ -291,7 +291,8 @@ def summary_table(tables: Sequence[BenchTable]) -> pd.DataFrame:
     out["_order"] = [method_rank(m) for m in out["method"]]
     out = out.sort_values(["budget", "_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
     out = out.rename(columns={"mean_percent": "mean %", "mean_rank": "mean rank"})
-    out["budget"] = out["budget"].astype("Int64")
+    whole = bool((out["budget"].dropna() % 1 == 0).all())  # budgets; a ratio group keeps its fractions
+    out["budget"] = out["budget"].astype("Int64" if whole else "Float64")
     return out
 
 

@@ -238,3 +238,20 @@ def test_code_completion_interval_is_on_the_scale_of_its_score(tmp_path):
     row = table.frame.iloc[0]
     assert row["average"] == pytest.approx(20.0)  # one task: the table's only column
     assert 0.0 <= row["average_low"] < 20.0 < row["average_high"] <= 40.0
+
+
+def test_summary_keeps_compression_ratios_as_fractions():
+    """A ratio group's summary cast its budget axis to integers: ratios 0.25 and 0.5 both read "0"."""
+    from types import SimpleNamespace
+
+    frame = pd.DataFrame(
+        {
+            "budget": [0.25, 0.25, 0.5, 0.5],
+            "method": ["full", "snapkv", "full", "snapkv"],
+            "average": [1.0, 0.5, 1.0, 0.25],
+        }
+    )
+    table = SimpleNamespace(frame=frame, bench="niah_ratio", lower_is_better=False, unit="")
+    summary = summary_table([table])
+    assert summary["budget"].tolist() == [0.25, 0.25, 0.5, 0.5]
+    assert summary[summary["method"] == "snapkv"]["mean %"].tolist() == [50.0, 25.0]
