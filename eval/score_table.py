@@ -15,6 +15,8 @@ from eval.collect import Run, load_run
 from eval.method_configs import display_order
 from eval.plots import niah_grid
 from eval.stats import bootstrap_ci
+from eval.tables import average_weights
+from eval.tables import sample_values as table_sample_values
 
 HEADER = ("method", "budget", "n")
 
@@ -27,13 +29,11 @@ def _order(run: Run) -> tuple[int, str, int]:
 
 
 def sample_values(run: Run) -> list[float]:
-    """The headline metric of each sample (``predictions.jsonl``), in the run's own unit."""
-    values = []
-    for record in run.records:
-        value = (record.get("scores") or {}).get(run.headline)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            values.append(float(value))
-    return values
+    """Each sample's headline value on the scale of the run's scores.json (a percent benchmark whose
+    records hold fractions is scaled, as in the tables), weighted so that their plain mean is the
+    headline: the mean of the task means (:func:`eval.tables.average_weights`)."""
+    per_task = average_weights(table_sample_values(run))
+    return [value for task in per_task.values() for value in task.values()]
 
 
 def _block(runs: Sequence[Run]) -> list[str]:

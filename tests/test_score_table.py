@@ -89,3 +89,26 @@ def test_no_niah_figure_without_niah_samples(tmp_path):
     )
     assert write_niah_figure([fidelity], tmp_path / "niah_grid.png") is None
     assert not (tmp_path / "niah_grid.png").exists()
+
+
+def test_percent_benchmark_with_fraction_records_prints_its_percent_scale(tmp_path):
+    """InfiniteBench records hold 0/1 per sample and report percent: the table printed 0.3 [0.0, 0.7]
+    for a run whose scores.json says 33.3. Hand-computed: 2 of 6 samples right = 33.3; the two
+    tasks (3 samples each, 2/3 and 0/3 right) average 33.3 too."""
+
+    def percent(records):
+        per_task = {}
+        for r in records:
+            per_task.setdefault(r["task"], []).append(r["scores"]["score"])
+        tasks = {t: {"num_samples": len(v), "score": 100 * sum(v) / len(v)} for t, v in per_task.items()}
+        mean = sum(t["score"] for t in tasks.values()) / len(tasks)
+        return {"score": mean, "headline_metric": "score", "num_samples": len(records), "unit": "percent",
+                "per_task": tasks}  # fmt: skip
+
+    scores = [(f"a{i}", "a", {"score": v}) for i, v in enumerate([1, 1, 0])]
+    scores += [(f"b{i}", "b", {"score": 0}) for i in range(3)]
+    run = make_run(
+        tmp_path, bench="infinitebench", method="full", budget=None, scores=scores, aggregate=percent
+    )
+    line = format_score_table([run]).splitlines()[2]
+    assert line.split()[:4] == ["full", "-", "6", "33.3"]
