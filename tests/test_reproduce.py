@@ -87,13 +87,13 @@ def test_cpu_profile_covers_every_offline_benchmark_at_the_issue_sizes():
     assert max(cfgs["niah"].bench.lengths) >= 4000
     assert len(cfgs["niah"].bench.lengths) * len(cfgs["niah"].bench.depths) >= 20
     assert len(cfgs["ruler"].bench.tasks) == 11 and cfgs["ruler"].bench.num_samples >= 4
-    assert cfgs["infinitebench"].bench.source == "synthetic" and cfgs["infinitebench"].bench.num_samples >= 3
+    assert cfgs["infinitebench"].bench.source == "synthetic" and cfgs["infinitebench"].bench.num_samples >= 6
     for setting in ("niah", "ruler"):  # the second question setting: its own smaller grid, same prompts
         agnostic = cfgs[f"{setting}_agnostic"]
         assert agnostic.bench.question == "agnostic" and len(agnostic.budgets) == 1
         assert set(agnostic.budgets) <= set(cfgs[setting].budgets)  # the gap table pairs them
         assert {"full", "snapkv", "lava", "expected_attention"} <= set(agnostic.methods)
-        assert agnostic.bench.lengths == cfgs[setting].bench.lengths
+        assert set(agnostic.bench.lengths) <= set(cfgs[setting].bench.lengths)
     with_lb = plan(profile, None, {"longbench_dir": "/data/lb"})
     assert with_lb[-1].bench == "longbench" and "bench.data_dir=/data/lb" in with_lb[-1].overrides
 
