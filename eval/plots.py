@@ -26,6 +26,7 @@ from eval.tables import (  # noqa: E402
     method_rank,
     per_model,
     sliding_layers,
+    summary_groups,
     summary_table,
 )
 from lava.allocation import UniformHeadBudget, UniformLayerBudget  # noqa: E402
@@ -442,7 +443,8 @@ def write_figures(result: ResultTables, out: Path, perf_csv: Path | None = None)
                 attn_err_curves(group, folder / f"{table.bench}_attn_err.png"),
             ]
             written += [p for p in optional if p is not None]
-        written.append(summary_ranks(summary_table(own), folder / "summary_ranks.png"))
+        for stem, group in summary_groups(own).items():  # one per question setting and unit
+            written.append(summary_ranks(summary_table(group), folder / f"{stem}_ranks.png"))
     if perf_csv is not None:
         perf = perf_bars(perf_csv, Path(out) / "perf.png")
         if perf is not None:

@@ -24,7 +24,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from eval.collect import FULL_METHOD, RATIO_SUFFIX, Run, RunSource, as_runs, kept_mean
+from eval.collect import (
+    AGNOSTIC,
+    FULL_METHOD,
+    RATIO_SUFFIX,
+    RATIO_UNIT,
+    Run,
+    RunSource,
+    as_runs,
+    kept_mean,
+    split_bench,
+)
 from eval.frames import format_cell, write_csv, write_frame
 from eval.method_configs import display_order
 from eval.stats import bootstrap_ci
@@ -458,5 +468,22 @@ def write_tables(result: ResultTables, out: Path) -> list[Path]:
                         budget, folder / f"{table.bench}_budget.csv", header=header, float_format="%.4f"
                     )
                 )
-        written += write_summary(own, folder / "summary", result.profile)
+        # One summary per question setting and unit: a mean rank mixes only comparable tables.
+        for stem, group in summary_groups(own).items():
+            written += write_summary(group, folder / stem, result.profile)
     return written
+
+
+def summary_groups(tables: Sequence[BenchTable]) -> dict[str, list[BenchTable]]:
+    """The tables of each (question setting, unit), by summary file stem: ``summary`` (aware,
+    budgets), ``summary_agnostic``, ``summary_ratio``, ``summary_ratio_agnostic``; in table order."""
+    groups: dict[str, list[BenchTable]] = {}
+    for table in tables:
+        _, setting, unit = split_bench(table.bench)
+        stem = (
+            "summary"
+            + ("_ratio" if unit == RATIO_UNIT else "")
+            + ("_agnostic" if setting == AGNOSTIC else "")
+        )
+        groups.setdefault(stem, []).append(table)
+    return groups

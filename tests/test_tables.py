@@ -255,3 +255,19 @@ def test_summary_keeps_compression_ratios_as_fractions():
     summary = summary_table([table])
     assert summary["budget"].tolist() == [0.25, 0.25, 0.5, 0.5]
     assert summary[summary["method"] == "snapkv"]["mean %"].tolist() == [50.0, 25.0]
+
+
+def test_one_summary_per_question_setting_and_unit():
+    """The mean rank mixed agnostic tables in with the aware ones as if they were more benchmarks."""
+    from types import SimpleNamespace
+
+    from eval.tables import summary_groups
+
+    names = ["niah", "ruler", "niah_agnostic", "niah_ratio", "ruler_ratio_agnostic", "ruler_agnostic"]
+    groups = summary_groups([SimpleNamespace(bench=n) for n in names])
+    assert {stem: [t.bench for t in ts] for stem, ts in groups.items()} == {
+        "summary": ["niah", "ruler"],
+        "summary_agnostic": ["niah_agnostic", "ruler_agnostic"],
+        "summary_ratio": ["niah_ratio"],
+        "summary_ratio_agnostic": ["ruler_ratio_agnostic"],
+    }
