@@ -32,13 +32,17 @@ def make_run(
     meta: Sequence[dict[str, Any]] | None = None,
     digest: str = "0123abcd",
     bench_target: str | None = None,
+    question: str | None = None,
 ) -> Path:
     """One run folder; ``scores`` lists ``(sample id, task, per-sample metrics)``.
 
     ``budget=None`` makes a budget-less folder name (``full-<hash>``), as the sweep writes.
+    ``question="agnostic"`` records ``bench.question`` and names the folder ``...-agnostic-<hash>``,
+    as a question-agnostic run does (collected as benchmark ``<bench>_agnostic``).
     ``aggregate`` maps records to scores.json (default: the base benchmark's mean per task).
     """
-    name = f"{method}-{digest}" if budget is None else f"{method}-b{budget}-{digest}"
+    setting = "-agnostic" if question == "agnostic" else ""
+    name = f"{method}{setting}-{digest}" if budget is None else f"{method}-b{budget}{setting}-{digest}"
     run_dir = Path(root) / model / bench / name
     run_dir.mkdir(parents=True)
     records = [
@@ -72,7 +76,11 @@ def make_run(
     config = {
         "model": {"name": model},
         "method": {"name": method},
-        "bench": {"name": bench, **({"_target_": bench_target} if bench_target else {})},
+        "bench": {
+            "name": bench,
+            **({"_target_": bench_target} if bench_target else {}),
+            **({"question": question} if question else {}),
+        },
         "budget": 64 if budget is None else budget,
         "seed": 42,
     }
@@ -135,9 +143,14 @@ def toy_root(root: Path) -> Path:
     return root
 
 
-def results_root(root: Path) -> Path:
-    """NIAH (with kept arrays) and fidelity (with per-layer errors) runs of the ablation methods."""
-    rng = np.random.default_rng(0)
+def results_root(root: Path, model: str = "tiny", agnostic: bool = False) -> Path:
+    """NIAH (with kept arrays) and fidelity (with per-layer errors) runs of the ablation methods.
+
+    Runs go under ``root/<model>``; several calls with different ``model`` make a multi-model root.
+    ``agnostic=True`` adds question-agnostic NIAH runs (benchmark ``niah_agnostic``) of every method
+    and budget, drawn from a generator of their own so the other runs stay the same.
+    """
+    rng, agnostic_rng = np.random.default_rng(0), np.random.default_rng(1)
     grid = [(n, d) for n in (1000, 2000) for d in (0, 50, 100)]
     meta = [{"length": n, "depth": d} for n, d in grid]
     methods = ("full", "snapkv", "adakv", "lava", "lava_layer_only", "lava_head_only")
@@ -155,6 +168,7 @@ def results_root(root: Path) -> Path:
                 headline="recall",
                 meta=meta,
                 kept=kept,
+                model=model,
             )
             fid = [(f"code{j}", "code", {"kl": 0.0 if budget is None else float(rng.random() / (i + 1)),
                     "attn_err_per_layer": [] if budget is None else list(rng.random(4) / (i + 1))}) for j in range(5)]  # fmt: skip
@@ -167,5 +181,21 @@ def results_root(root: Path) -> Path:
                 headline="kl",
                 digest="fedcba98",
                 bench_target=FIDELITY,
+                model=model,
             )
+            if agnostic:  # without the question the needle is found less often
+                hits = [float(agnostic_rng.random() < 0.8 * p) for _ in grid]
+                make_run(
+                    root,
+                    bench="niah",
+                    method=method,
+                    budget=budget,
+                    scores=[(f"niah_L{n}_D{d}", "niah", {"recall": h}) for (n, d), h in zip(grid, hits)],
+                    headline="recall",
+                    meta=meta,
+                    kept=kept,
+                    model=model,
+                    digest="a9a9a9a9",
+                    question="agnostic",
+                )
     return root
