@@ -26,6 +26,7 @@ over those layers alone (:func:`layer_windows` tells the kinds apart as transfor
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,15 @@ from lava.attention import (
 from lava.compat import require_transformers
 from lava.errors import UserError
 from lava.padded import PaddedStore
-from lava.policy import BudgetPlan, ScoredLayer, evicts, keep_all_ranks, kept_entries, score_layer
+from lava.policy import (
+    BudgetPlan,
+    ScoredLayer,
+    evicts,
+    keep_all_ranks,
+    kept_entries,
+    score_by_model_pass,
+    score_layer,
+)
 
 require_transformers()  # before the import below, which fails on transformers without CacheLayerMixin
 from transformers.cache_utils import (  # noqa: E402
@@ -569,6 +578,14 @@ class CompressedCache(Cache):
     timings : dict
         Wall seconds spent in ``"scoring"`` and ``"allocation"`` (layer + head allocation and packing),
         and the process CPU seconds of each (``"scoring_cpu"``, ``"allocation_cpu"``, all threads).
+        A scorer's model pass (KVzip's reconstruction forwards) counts as scoring.
+
+    Notes
+    -----
+    A scorer that needs a model pass (:attr:`lava.scorers.Scorer.needs_model_pass`) cannot score a
+    layer before the whole prompt is prefilled: every global layer then keeps its full prompt through
+    the prefill, and :meth:`finish_model_pass` (run after the prefill forward by the hook
+    :meth:`watch_prefill` installs) scores, allocates and stores them all, in layer order.
     """
 
     def __init__(
@@ -596,6 +613,9 @@ class CompressedCache(Cache):
         self.prompt_len = 0
         self.compressed = False
         self.timings = {"scoring": 0.0, "allocation": 0.0, "scoring_cpu": 0.0, "allocation_cpu": 0.0}
+        # A scorer that needs a model pass (lava.scorers.base.needs_model_pass; not imported: lava.scorers
+        # imports this module) is run after the prefill, by finish_model_pass.
+        self.deferred = bool(getattr(method.scorer, "needs_model_pass", False))
 
     @property
     def stats(self) -> list[float | None]:
@@ -619,9 +639,61 @@ class CompressedCache(Cache):
             self._add_time("allocation", t0, c0)
             return
         self.compressed = True
+        if self.deferred:  # the layer keeps its whole prompt until finish_model_pass
+            return
         scored = score_layer(self.method, query, layer.full_keys, layer.full_values, scaling)
         t1, c1 = self._add_time("scoring", t0, c0)
         self.apply_plan(self.plan.add(scored), last=layer_idx == self.global_layers[-1])
+        self._add_time("allocation", t1, c1)
+
+    def watch_prefill(self, model: Any) -> None:
+        """Run :meth:`finish_model_pass` right after ``model``'s forward that prefills this cache.
+
+        A forward hook on ``model``, removed once it has fired: it acts on the first call whose cache
+        is this one (``cache=`` or ``past_key_values=``) and ignores any other. It holds the cache
+        weakly; a cache dropped before its prefill removes the hook at the model's next call.
+        """
+        owner = weakref.ref(self)
+
+        def after_forward(module: Any, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
+            cache = owner()
+            if cache is None:
+                handle.remove()
+                return
+            given = kwargs["cache"] if "cache" in kwargs else kwargs.get("past_key_values")
+            if given is not cache:
+                return
+            handle.remove()
+            input_ids = kwargs["input_ids"] if "input_ids" in kwargs else (args[0] if args else None)
+            cache.finish_model_pass(module, input_ids)
+
+        handle = model.register_forward_hook(after_forward, with_kwargs=True)
+
+    @torch.no_grad()
+    def finish_model_pass(self, model: Any, input_ids: torch.Tensor | None) -> None:
+        """Score every prefilled global layer through the scorer's model pass, allocate and store them.
+
+        The same scoring as a sweep's (:func:`lava.policy.score_by_model_pass`), then the layers go
+        through the online plan in order, as :meth:`compress_layer` would have sent them. A no-op when
+        nothing waits (the prompt fit the budget, or this already ran).
+        """
+        if not self.deferred or self.layers[self.global_layers[0]].full_keys is None:
+            return
+        if input_ids is None:
+            raise ValueError(
+                f"{type(self.method.scorer).__name__} needs the prompt's input_ids (not embeddings)"
+            )
+        t0, c0 = time.perf_counter(), time.process_time()
+        layers = [
+            (layer.keys[0], layer.values[0], layer.sliding_window)
+            if isinstance(layer, SlidingLayer)
+            else (layer.full_keys, layer.full_values, None)
+            for layer in self.layers
+        ]
+        scored = score_by_model_pass(self.method, model, input_ids, layers)
+        t1, c1 = self._add_time("scoring", t0, c0)
+        for j, layer_scores in enumerate(scored):
+            self.apply_plan(self.plan.add(layer_scores), last=j == len(scored) - 1)
         self._add_time("allocation", t1, c1)
 
     def _add_time(self, part: str, wall0: float, cpu0: float) -> tuple[float, float]:

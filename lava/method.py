@@ -10,7 +10,7 @@ from lava.allocation import HeadAllocator, LayerAllocator, UniformHeadBudget, Un
 from lava.cache import CompressedCache, layer_windows
 from lava.errors import UserError
 from lava.scorers import Scorer, SnapKVScorer
-from lava.scorers.base import bind_model
+from lava.scorers.base import bind_model, needs_model_pass
 from lava.scorers.rotary import rotary_of
 
 
@@ -66,12 +66,17 @@ class CompressionMethod:
 
     def build_cache(self, model: Any, max_new_tokens: int = 64) -> CompressedCache:
         """A fresh cache for one generation; switches ``model`` to the ``"lava"`` attention and binds
-        the scorer to ``model`` (:meth:`~lava.scorers.Scorer.bind_model`)."""
+        the scorer to ``model`` (:meth:`~lava.scorers.Scorer.bind_model`). For a scorer that needs a
+        model pass (KVzip) the cache also watches ``model``'s forward that prefills it
+        (:meth:`~lava.cache.CompressedCache.watch_prefill`), to score once that forward is done."""
         attention.enable(model)
         bind_model(self.scorer, rotary_of(model))
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         windows = layer_windows(model.config)  # sliding-window layers (hybrid models) stay uncompressed
-        return CompressedCache(self, config.num_hidden_layers, reserve=max_new_tokens, windows=windows)
+        cache = CompressedCache(self, config.num_hidden_layers, reserve=max_new_tokens, windows=windows)
+        if needs_model_pass(self.scorer):
+            cache.watch_prefill(model)
+        return cache
 
     def describe(self) -> dict[str, Any]:
         """The full parameter set, for the run folder."""

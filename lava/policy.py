@@ -51,19 +51,31 @@ def queries_read(method: CompressionMethod) -> int | None:
 
 
 def score_layer(
-    method: CompressionMethod, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float
+    method: CompressionMethod,
+    query: torch.Tensor | None,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    scaling: float,
+    evidence: torch.Tensor | None = None,
 ) -> ScoredLayer:
     """Run ``method``'s scorer on one layer.
 
     Parameters
     ----------
-    query : Tensor, shape (Hq, m, d)
+    query : Tensor, shape (Hq, m, d), or None
         Post-RoPE queries of (at least) the last :func:`queries_read` prompt tokens (all ``n`` when
-        that is None).
+        that is None); unused (None) with ``evidence``.
     keys, values : Tensor, shape (Hkv, n, d)
         The layer's whole prompt, post-RoPE keys.
+    evidence : Tensor, shape (Hkv, n), optional
+        The layer's share of the scorer's model pass (:meth:`lava.scorers.Scorer.model_pass`), for a
+        scorer that needs one: it is scored from that, not from the queries.
     """
     window = method.window
+    if evidence is not None:
+        result = method.scorer(None, keys, values, window, scaling, evidence=evidence)
+        scores = result.scores.float()
+        return ScoredLayer(scores, result.stat, ranks_by_score(scores, window))
     n = keys.shape[1]
     needed = queries_read(method)
     count = n if needed is None else min(needed, n)
@@ -72,6 +84,28 @@ def score_layer(
     result = method.scorer(query[:, query.shape[1] - count :], keys, values, window, scaling)
     scores = result.scores.float()
     return ScoredLayer(scores, result.stat, ranks_by_score(scores, window))
+
+
+def score_by_model_pass(
+    method: CompressionMethod,
+    model: Any,
+    input_ids: torch.Tensor,
+    layers: list[tuple[torch.Tensor, torch.Tensor, int | None]],
+) -> list[ScoredLayer]:
+    """Every global layer scored by a scorer that needs a model pass (KVzip), in layer order.
+
+    One :meth:`~lava.scorers.Scorer.model_pass` over the prefilled ``layers`` (``(keys, values,
+    window)`` per decoder layer, as that method takes them), then :func:`score_layer` on each
+    global layer (``window`` None) with its share of the pass. Single runs
+    (:meth:`lava.cache.CompressedCache.finish_model_pass`) and sweeps (:func:`lava.prefill.score_methods`)
+    both come here, so they score the same prefill identically.
+    """
+    evidence = method.scorer.model_pass(model, input_ids, layers)
+    prompts = [(keys, values) for keys, values, window in layers if window is None]
+    return [
+        score_layer(method, None, keys, values, 1.0, evidence=share)
+        for (keys, values), share in zip(prompts, evidence, strict=True)
+    ]
 
 
 def scorer_key(method: CompressionMethod) -> str:

@@ -25,8 +25,8 @@ from transformers.cache_utils import Cache
 from lava import attention
 from lava.cache import CompressedCache, SlidingLayer, UnboundedLayer, layer_windows
 from lava.method import CompressionMethod
-from lava.policy import ScoredLayer, evicts, queries_read, score_layer, scorer_key
-from lava.scorers.base import bind_model
+from lava.policy import ScoredLayer, evicts, queries_read, score_by_model_pass, score_layer, scorer_key
+from lava.scorers.base import bind_model, needs_model_pass
 from lava.scorers.rotary import Rotary, rotary_of
 
 
@@ -83,6 +83,9 @@ class PrefillCapture(Cache):
     ----------
     rotary : Rotary or None
         The model's rotary embedding, bound to the scorers before scoring (set by :func:`capture_prefill`).
+    model : transformers model or None
+        The model that prefilled, and ``input_ids`` (1, n) its prompt (set by :func:`capture_prefill`):
+        a scorer that needs a model pass (KVzip) runs the model again on top of the captured layers.
     """
 
     def __init__(self, num_layers: int, queries: int | None, windows: list[int | None] | None = None) -> None:
@@ -94,6 +97,8 @@ class PrefillCapture(Cache):
             CaptureLayer(queries) if window is None else SlidingLayer(window) for window in self.windows
         )
         self.rotary: Rotary | None = None
+        self.model: Any = None
+        self.input_ids: torch.Tensor | None = None
 
     @property
     def prompt_len(self) -> int:
@@ -134,8 +139,19 @@ class PrefillCapture(Cache):
             target.keys, target.values = keys, values
         return cache
 
+    def pass_layers(self) -> list[tuple[torch.Tensor, torch.Tensor, int | None]]:
+        """What a scorer's model pass reads (:meth:`lava.scorers.Scorer.model_pass`): per layer the
+        captured keys and values (Hkv, n, d) of a global layer, a sliding layer's kept ones and window."""
+        return [
+            (layer.keys[0], layer.values[0], layer.sliding_window)
+            if isinstance(layer, SlidingLayer)
+            else (layer.full_keys, layer.full_values, None)
+            for layer in self.layers
+        ]
+
     def release(self) -> None:
         """Drop the captured tensors (the caches built from them hold their own copies)."""
+        self.model = self.input_ids = None
         for layer in self.layers:
             if isinstance(layer, SlidingLayer):
                 layer.keys = layer.values = None
@@ -170,6 +186,7 @@ def capture_prefill(
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     capture = PrefillCapture(config.num_hidden_layers, queries, layer_windows(model.config))
     capture.rotary = rotary_of(model)
+    capture.model, capture.input_ids = model, input_ids
     with torch.inference_mode():
         out = model(input_ids=input_ids, **cache_kwargs(model, capture), use_cache=True, logits_to_keep=1)
     return capture, out.logits[0, -1]
@@ -182,7 +199,8 @@ def score_methods(
 
     Returns the scored layers and the seconds spent, both by scorer key; methods whose prompt fits
     their budget need no scores and are skipped. Each scorer is first bound to the captured model's
-    rotary embedding (:meth:`~lava.scorers.Scorer.bind_model`).
+    rotary embedding (:meth:`~lava.scorers.Scorer.bind_model`). A scorer that needs a model pass
+    (KVzip) runs it here over the captured layers, and its seconds count those forward passes.
     """
     scored: dict[str, list[ScoredLayer]] = {}
     seconds: dict[str, float] = {}
@@ -194,10 +212,15 @@ def score_methods(
                 continue
             bind_model(method.scorer, capture.rotary)
             t0 = time.perf_counter()
-            scored[key] = [
-                score_layer(method, layer.query_window, layer.full_keys, layer.full_values, layer.scaling)
-                for layer in capture.global_layers
-            ]
+            if needs_model_pass(method.scorer):
+                scored[key] = score_by_model_pass(
+                    method, capture.model, capture.input_ids, capture.pass_layers()
+                )
+            else:
+                scored[key] = [
+                    score_layer(method, layer.query_window, layer.full_keys, layer.full_values, layer.scaling)
+                    for layer in capture.global_layers
+                ]
             synchronize(capture.device)
             seconds[key] = time.perf_counter() - t0
     return scored, seconds

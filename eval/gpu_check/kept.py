@@ -18,6 +18,7 @@ import torch
 from eval.gpu_check.methods import build_named_method
 from lava.attention import lava_attention_forward
 from lava.policy import queries_read
+from lava.scorers.base import needs_model_pass
 
 RECORD_NAME = "gpu_check_record"
 # Relative score difference under which two entries count as tied: the window softmax's fp32
@@ -130,7 +131,10 @@ def kept_entries_check(
 ) -> list[dict]:
     """One row per (method, budget < prompt): device kept entries vs CPU kept entries, same inputs.
 
-    ``fits(what, estimated seconds)`` returns False to skip an item (the time budget).
+    ``fits(what, estimated seconds)`` returns False to skip an item (the time budget). Methods whose
+    scorer runs model passes of its own (KVzip: :func:`lava.scorers.base.needs_model_pass`) cannot be
+    replayed from recorded keys and values without the model; they are left out here and checked on
+    the device by the token-identity phase and the sweep phase, which run the model.
     """
     layers = record_layers(model, ids)
     rows = []
@@ -141,6 +145,8 @@ def kept_entries_check(
                 continue
             t0 = time.perf_counter()
             method = build_named_method(name, budget, model_name)
+            if needs_model_pass(method.scorer):
+                continue
             on_cpu = replay(method, model, layers, "cpu")
             on_device = replay(build_named_method(name, budget, model_name), model, layers, device)
             window, read = method.window, queries_read(method)  # None: every prompt query (h2o, ...)

@@ -23,11 +23,13 @@ The kept sets must be equal, head by head, except where a difference is a tie: e
 one side only must score within :data:`TIE_RTOL` of kvpress's boundary score (its lowest kept
 score in that head), on kvpress's own scores; the report gives the largest such gap. Where the
 press protects fewer recent entries than our smallest window (KnormPress and KeyDiffPress protect
-none; ``CompressionMethod`` needs ``window >= 1``), each window entry that kvpress did not keep
-displaces kvpress's lowest-scored kept entry: those differences are counted apart as "window",
-not as ties. Where both sides make one flat top-k over a layer's heads (:attr:`Peer.flat`: Ada-KV
-with no per-head floor on either side), the unit compared is the layer: its ``(head, position)``
-entries, its lowest kept score as the boundary, and a window entry displaces the layer's lowest.
+none; ``CompressionMethod`` needs ``window >= 1``), the ``k`` window entries of a unit that kvpress
+did not keep displace kvpress's ``k`` lowest-scored kept entries (each within :data:`TIE_RTOL` of
+its ``k``-th lowest kept score): those differences are counted apart as "window", not as ties.
+Where both sides make one flat top-k over a layer's heads (:attr:`Peer.flat`: Ada-KV with no
+per-head floor on either side, KVzip per layer), the unit compared is the layer: its ``(head,
+position)`` entries, its lowest kept score as the boundary, and the window entries of all its heads
+displace the layer's lowest.
 Where both scores rank the same positions (:attr:`Peer.same_scores`), our scores must also equal
 kvpress's (``rtol`` :data:`SCORE_RTOL`).
 """
@@ -148,7 +150,18 @@ PEERS: dict[str, Peer] = {
         {"window": 0, "scorer.recent": None},
         same_scores=True,
     ),
-    "kvzip": Peer(lambda kv, r, m: kv.KVzipPress(compression_ratio=r), note="head-wise: masked_key_indices"),
+    # KVzipPress with layerwise=True: one flat bottom-k per layer over its heads (its default pools every
+    # layer, which no layer allocator here does), as our FlatHeadBudget with alpha 0; it skips the chat
+    # template's prefix length whatever the prompt starts with (ours: template_prefix=always) and protects
+    # the sinks only (window 0 -> 1). Our chunk_size, overlap and n_sink go to the press.
+    "kvzip": Peer(
+        lambda kv, r, m: kv.KVzipPress(
+            compression_ratio=r, layerwise=True, n_sink=m.scorer.n_sink, chunk_size=m.scorer.chunk_size
+        ),
+        {"window": 0, "scorer.template_prefix": "always"},
+        flat=True,
+        note="head-wise (masked_key_indices), layerwise=True: one flat top-k per layer; template_prefix=always",
+    ),
     # AdaKVPress with alpha_safeguard a guarantees each head its own top int(a * kept) and fills the rest
     # by one flat top-k; our FlatHeadBudget (the Ada-KV authors') gives head h round((1 - a) c_h + int(a b))
     # with c_h its count in the flat top-k: different rules for a > 0, the same flat top-k of the layer's
@@ -240,9 +253,10 @@ def _record_scores(press: Any, into: dict[int, tuple[torch.Tensor, torch.Tensor]
         original_post = scorer.compress_post
 
         def post(model):
+            out = original_post(model)  # gives the sinks their score (max + 1) in score_val: how they rank
             for j, layer_scores in enumerate(scorer.score_val):
                 into[j] = (None, layer_scores[0].detach().clone())
-            return original_post(model)
+            return out
 
         scorer.compress_post = post
         return lambda: delattr(scorer, "compress_post")
@@ -404,11 +418,13 @@ def compare(ours: Kept, theirs: Kept, n: int, press_window: int, flat: bool = Fa
         result.entries_differing += len(forced) + len(only_ours)
         boundary = float(s[sorted(kept)].min())
         tol = TIE_RTOL * abs(boundary) + TIE_ATOL
-        for p in displaced:  # what a forced window entry displaces is kvpress's last kept entry
-            if abs(float(s[p]) - boundary) > tol:
+        # k forced window entries displace kvpress's k last kept entries: each at most its k-th lowest
+        last = sorted(float(s[p]) for p in kept)[len(forced) - 1] if forced else boundary
+        for p in displaced:
+            if float(s[p]) - last > TIE_RTOL * abs(last) + TIE_ATOL:
                 result.not_ties.append(
                     f"{where} {name(p)}: dropped for our window but kvpress scores it "
-                    f"{float(s[p]):.9g}, above its boundary {boundary:.9g}"
+                    f"{float(s[p]):.9g}, above its {len(forced)}-th lowest kept score {last:.9g}"
                 )
         for p in only_ours + only_theirs:
             gap = abs(float(s[p]) - boundary)
