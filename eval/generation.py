@@ -113,6 +113,51 @@ def prefill_question(model: Any, question_ids: torch.Tensor, cache: Any) -> tupl
     return out.logits[0, -1], time.perf_counter() - t0
 
 
+@torch.inference_mode()
+def prefill_question_batch(
+    model: Any, question_ids: torch.Tensor, caches: list[Any]
+) -> tuple[torch.Tensor, float]:
+    """:func:`prefill_question` for several compressed caches of one context, in one forward.
+
+    The caches hold the same context, so they sit at the same position and the question's positions
+    are the same in every row. They run as one :class:`~lava.batch.BatchedCache`: each row's queries
+    attend to its own kept entries and causally among themselves
+    (:func:`lava.varlen.varlen_attention`, the same sums in another order than a cache alone, so
+    equal up to float rounding), and the question's entries are appended to each cache itself. A
+    hybrid model's sliding windows step in the batch and are then written back to each cache
+    (:meth:`~lava.batch.BatchedCache.write_back_windows`): afterwards each cache holds what
+    :func:`prefill_question` would have left in it.
+
+    Parameters
+    ----------
+    question_ids : Tensor, shape (1, q), q >= 2
+        The question part (a one-token forward would decode in the batch's own buffers, which never
+        reach the caches).
+    caches : list of CompressedCache
+        Prefilled with the same context, no decode step yet.
+
+    Returns
+    -------
+    logits : Tensor, shape (B, V)
+        Per cache, the next-token logits after the question (the first generated token's).
+    seconds : float
+        Wall time of the whole batch (building it, the forward, the write-back).
+    """
+    from lava.batch import BatchedCache
+
+    if question_ids.shape[1] < 2:
+        raise ValueError(f"a batched question prefill needs at least 2 tokens, got {question_ids.shape[1]}")
+    device = question_ids.device
+    _sync(device)
+    t0 = time.perf_counter()
+    batch = BatchedCache(caches)
+    ids = question_ids.expand(len(caches), -1)
+    out = model(input_ids=ids, **cache_kwargs(model, batch), use_cache=True, logits_to_keep=1)
+    batch.write_back_windows()
+    _sync(device)
+    return out.logits[:, -1], time.perf_counter() - t0
+
+
 def _pick(
     logits: torch.Tensor, step: int, stop: torch.Tensor, min_new_tokens: int
 ) -> tuple[torch.Tensor, list[tuple[int, float, bool]]]:

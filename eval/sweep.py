@@ -6,7 +6,8 @@
 Per sample the prompt is prefilled once with full attention (:func:`lava.prefill.capture_prefill`);
 each distinct scorer runs once per layer; each configuration's cache is built from the shared
 prefill with its own allocation (:func:`lava.prefill.build_cache_from_capture`); the compressed configurations
-decode together, at most ``max_decode_batch`` per batch, and the full cache decodes alone over the
+decode together, at most ``max_decode_batch`` per batch (in the question-agnostic setting their
+question forwards are batched the same way first), and the full cache decodes alone over the
 prefill's ``DynamicCache`` (the captured keys and values themselves, no copy), first; each cache
 is freed as soon as its configuration is decoded and recorded. Each configuration writes exactly
 the run folder its single run (``method=<m> budget=<B>``) writes, so a sweep resumes single runs
@@ -26,7 +27,7 @@ from omegaconf import DictConfig
 
 from eval.benchmarks.base import Benchmark, Sample
 from eval.checks import check_config, validate
-from eval.generation import Generation, greedy_decode, prefill_question
+from eval.generation import Generation, greedy_decode, prefill_question, prefill_question_batch
 from eval.method_configs import (
     build_method,
     configurations,
@@ -81,23 +82,47 @@ class SharedPrefill:
         cache), a ``DynamicCache`` of the prefill.
     seconds : dict
         ``prefill`` (the forward), ``scoring`` per scorer key, ``allocation`` per cache index, and
-        after :meth:`prefill_question` ``question`` per cache index.
+        after :meth:`prefill_question` ``question`` per cache index (its share of a batched forward).
     """
 
     logits: Any
     caches: list[Any]
     seconds: dict[str, Any]
 
-    def prefill_question(self, model: Any, question_ids: Any) -> None:
-        """The question-agnostic setting: prefill the question part into every cache, one forward per
-        cache (each sees its own kept context entries, so the first tokens differ by cache)."""
+    def prefill_question(self, model: Any, question_ids: Any, max_batch: int = 1) -> None:
+        """The question-agnostic setting: prefill the question part into every cache.
+
+        Each cache sees its own kept context entries, so the first tokens differ by cache. The full
+        cache (a ``DynamicCache``) runs its own forward; the compressed caches run in batches of at
+        most ``max_batch`` rows (:func:`eval.generation.prefill_question_batch`; the sweep's
+        ``max_decode_batch``). A batch of one is :func:`eval.generation.prefill_question` itself,
+        the single run's computation, so ``max_batch=1`` gives exactly the single runs' logits and
+        caches; larger batches give them up to float rounding. A question of one token goes cache
+        by cache (a one-token batched forward would step in the batch's own buffers).
+
+        Sets ``self.logits`` to the stacked (C, V) rows and ``self.seconds["question"]`` to a list of
+        C seconds: a cache's share of its forward's wall time, the batch's divided by its rows.
+        """
         import torch
 
-        rows, seconds = [], []
-        for cache in self.caches:
-            logits, spent = prefill_question(model, question_ids, cache)
-            rows.append(logits)
-            seconds.append(spent)
+        from lava.cache import CompressedCache
+
+        if max_batch < 1:
+            raise ValueError(f"max_batch={max_batch}; give a positive integer")
+        rows: list[Any] = [None] * len(self.caches)
+        seconds = [0.0] * len(self.caches)
+        compressed = [i for i, c in enumerate(self.caches) if isinstance(c, CompressedCache)]
+        size = max_batch if question_ids.shape[1] > 1 else 1
+        batches = [[i] for i, c in enumerate(self.caches) if not isinstance(c, CompressedCache)]
+        batches += [compressed[s : s + size] for s in range(0, len(compressed), size)]
+        for batch in batches:
+            if len(batch) == 1:
+                (i,) = batch
+                rows[i], seconds[i] = prefill_question(model, question_ids, self.caches[i])
+                continue
+            logits, spent = prefill_question_batch(model, question_ids, [self.caches[i] for i in batch])
+            for k, i in enumerate(batch):
+                rows[i], seconds[i] = logits[k], spent / len(batch)
         self.logits = torch.stack(rows)
         self.seconds["question"] = seconds
 
@@ -202,7 +227,7 @@ class SampleRecords:
             "decode_seconds": gen.decode_seconds,  # the decode batch's
         }
         if "question" in shared:
-            times["question_seconds"] = shared["question"][k]  # this cache's own question forward
+            times["question_seconds"] = shared["question"][k]  # its share of its question batch's forward
         record = make_record(
             self.sample, self.bench, self.tokenizer, self.prompt_ids, gen, cache, times, self.context_tokens
         )
@@ -243,14 +268,15 @@ class SweepStep:
             for target, record in zip(pending, records):
                 target.write(record)
             return
-        # Question-agnostic: the context part is prefilled once for all, the question per cache.
+        # Question-agnostic: the context part is prefilled once for all, the question into every
+        # cache (the compressed ones in batches of max_batch rows).
         context = loop.context_tokens(sample, prompt_ids)
         split = len(prompt_ids) if context is None else context
         question = len(prompt_ids) - split
         methods = [t.method_for(split) for t in pending]  # a compression-ratio run: this sample's budget
         prefill = shared_prefill(loop.model, input_ids[:, :split], methods, sample.max_new_tokens + question)
         if context is not None:
-            prefill.prefill_question(loop.model, input_ids[:, split:])
+            prefill.prefill_question(loop.model, input_ids[:, split:], self.max_batch)
         recorder = SampleRecords(
             sample,
             self.bench,

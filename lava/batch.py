@@ -11,12 +11,13 @@ T, d)`` with every member's heads padded to the longest head of the layer, and a
 call (:func:`lava.attention.padded_attention`). With flash-attn on CUDA, attention runs per member
 (:meth:`CompressedLayer.attend_stored`).
 A row that has finished leaves the batch with :meth:`BatchedCache.select`. A forward of several new
-tokens per row (teacher forcing) appends to the members and attends through
-:func:`lava.varlen.varlen_attention`, one block per (member, KV head).
+tokens per row (teacher forcing, a sweep's question prefill) appends to the members and attends
+through :func:`lava.varlen.varlen_attention`, one block per (member, KV head).
 
 A hybrid model's sliding-window layers (:class:`~lava.cache.SlidingLayer`, never compressed) are
 batched as transformers batches them: one rolling window of ``B`` rows (:func:`batched_sliding`),
-attended by SDPA under the model's sliding mask.
+attended by SDPA under the model's sliding mask. The members' own windows do not move with it;
+:meth:`BatchedCache.write_back_windows` hands each member its row when the members go on alone.
 """
 
 from __future__ import annotations
@@ -317,6 +318,37 @@ class BatchedCache(Cache):
                 self.layers.append(batched_sliding(members, take_storage))
             else:
                 self.layers.append(BatchedLayer(members, take_storage))
+
+    def write_back_windows(self) -> None:
+        """Hand row ``b`` of every batched sliding window back to member cache ``b``.
+
+        A forward of several tokens per row appends the new entries of the compressed layers to
+        the members themselves (:meth:`BatchedLayer.update`), but a sliding layer steps the batch's
+        own ``B``-row window (:func:`batched_sliding`), so after it the members' windows still end
+        before the new tokens. This gives each member its row (an owned copy) and the new position:
+        the member then holds what a forward through it alone would have left, and a batch built
+        from the members later (the decode after a question prefill) starts from there.
+
+        Raises
+        ------
+        RuntimeError
+            When a layer keeps its rows in its own buffers (packed or padded one-token steps):
+            those steps never reached the members, so writing the windows alone would leave them
+            inconsistent.
+        """
+        for layer in self.layers:
+            if isinstance(layer, BatchedLayer) and layer.packed:
+                raise RuntimeError(
+                    "the batch decoded one-token steps in its own buffers: the members lack them"
+                )
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, SlidingLayer):
+                continue
+            for b, cache in enumerate(self.caches):
+                member = cache.layers[i]
+                member.keys = layer.keys[b : b + 1].clone()  # owned: the batch's tensor can go
+                member.values = layer.values[b : b + 1].clone()
+                member.cumulative_length = layer.cumulative_length
 
     def select(self, rows: list[int]) -> None:
         """Keep only the batch rows ``rows`` (in that order)."""
