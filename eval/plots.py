@@ -195,7 +195,8 @@ def niah_grid(runs: Sequence[Run], path: Path) -> Path | None:
         rows = [
             {"length": r["meta"]["length"], "depth": r["meta"]["depth"], "value": r["scores"][run.headline]}
             for r in run.records
-            if "length" in (r.get("meta") or {}) and run.headline in (r.get("scores") or {})
+            # Only NIAH-like records: other benchmarks record a length too (code completion), not a depth.
+            if {"length", "depth"} <= set(r.get("meta") or {}) and run.headline in (r.get("scores") or {})
         ]
         return pd.DataFrame(rows)
 

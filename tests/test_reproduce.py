@@ -82,15 +82,17 @@ def test_cpu_profile_covers_every_offline_benchmark_at_the_issue_sizes():
     models = {s.bench: s.model for s in sweeps}
     # the pilot's choice (docs/reproduce.md): Gemma 3 at 3-4k where it retrieves, SmolLM2 elsewhere
     assert models["niah"] == models["infinitebench"] == models["niah_agnostic"] == "gemma3-270m"
-    assert models["ruler"] == models["fidelity"] == models["code_completion"] == "smollm2-135m"
+    assert models["code_completion"] == "gemma3-270m"  # SmolLM2's full cache sat at the floor there
+    assert models["ruler"] == models["fidelity"] == models["ruler_agnostic"] == "smollm2-135m"
     from eval.method_configs import resolve_methods
 
     every = set(resolve_methods("all"))
     methods = {bench: set(resolve_methods(cfg.methods)) for bench, cfg in cfgs.items()}
-    # kvzip's reconstruction passes double a 4k prefill: left out of the aware Gemma sweeps only
-    assert methods["niah"] == methods["infinitebench"] == every - {"kvzip"}
-    assert methods["ruler"] == methods["fidelity"] == methods["code_completion"] == every
-    assert "kvzip" in methods["niah_agnostic"] and "kvzip" in methods["ruler_agnostic"]
+    # NIAH and RULER: every method in both question settings (issue 21); kvzip's reconstruction
+    # passes would add a prefill per 4k InfiniteBench sample, so that sweep leaves it out
+    for bench in ("niah", "ruler", "niah_agnostic", "ruler_agnostic", "fidelity", "code_completion"):
+        assert methods[bench] == every, bench
+    assert methods["infinitebench"] == every - {"kvzip"}
     assert list(cfgs["niah"].budgets) == [64, 128, 256]
     assert max(cfgs["niah"].bench.lengths) >= 4000
     assert len(cfgs["niah"].bench.lengths) * len(cfgs["niah"].bench.depths) >= 20
@@ -100,7 +102,6 @@ def test_cpu_profile_covers_every_offline_benchmark_at_the_issue_sizes():
         agnostic = cfgs[f"{setting}_agnostic"]
         assert agnostic.bench.question == "agnostic" and len(agnostic.budgets) == 1
         assert set(agnostic.budgets) <= set(cfgs[setting].budgets)  # the gap table pairs them
-        assert {"full", "snapkv", "lava", "expected_attention"} <= set(agnostic.methods)
         assert set(agnostic.bench.lengths) <= set(cfgs[setting].bench.lengths)
     with_lb = plan(profile, None, {"longbench_dir": "/data/lb"})
     assert with_lb[-1].bench == "longbench" and "bench.data_dir=/data/lb" in with_lb[-1].overrides

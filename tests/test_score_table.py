@@ -91,6 +91,21 @@ def test_no_niah_figure_without_niah_samples(tmp_path):
     assert not (tmp_path / "niah_grid.png").exists()
 
 
+def test_no_niah_figure_for_samples_with_a_length_but_no_depth(tmp_path):
+    """Code completion records a length per sample but no depth: `make run` crashed (KeyError) on it."""
+    code = make_run(
+        tmp_path,
+        bench="code_completion",
+        method="snapkv",
+        budget=64,
+        scores=[("c/0", "lcc", {"score": 0.4}), ("c/1", "lcc", {"score": 0.2})],
+        headline="score",
+        meta=[{"length": 1024}, {"length": 1024}],
+    )
+    assert write_niah_figure([code], tmp_path / "niah_grid.png") is None
+    assert not (tmp_path / "niah_grid.png").exists()
+
+
 def test_percent_benchmark_with_fraction_records_prints_its_percent_scale(tmp_path):
     """InfiniteBench records hold 0/1 per sample and report percent: the table printed 0.3 [0.0, 0.7]
     for a run whose scores.json says 33.3. Hand-computed: 2 of 6 samples right = 33.3; the two
