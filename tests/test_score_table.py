@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from eval.score_table import format_score_table, write_niah_figure
 from tests.run_folders import FIDELITY, make_run
 
@@ -77,32 +79,26 @@ def test_niah_figure_of_the_folders(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_no_niah_figure_without_niah_samples(tmp_path):
-    fidelity = make_run(
+@pytest.mark.parametrize(
+    "bench, target, meta",
+    [
+        ("fidelity", FIDELITY, None),
+        # code completion records a length but no depth: `make run` crashed (KeyError) on it
+        ("code_completion", None, [{"length": 1024}]),
+    ],
+)
+def test_no_niah_figure_without_niah_samples(tmp_path, bench, target, meta):
+    extra = {"bench_target": target} if target else {"meta": meta}
+    run = make_run(
         tmp_path,
-        bench="fidelity",
+        bench=bench,
         method="snapkv",
         budget=64,
-        scores=[("f/0", "essays", {"kl": 0.1})],
-        headline="kl",
-        bench_target=FIDELITY,
+        scores=[("s/0", "x", {"v": 0.1})],
+        headline="v",
+        **extra,
     )
-    assert write_niah_figure([fidelity], tmp_path / "niah_grid.png") is None
-    assert not (tmp_path / "niah_grid.png").exists()
-
-
-def test_no_niah_figure_for_samples_with_a_length_but_no_depth(tmp_path):
-    """Code completion records a length per sample but no depth: `make run` crashed (KeyError) on it."""
-    code = make_run(
-        tmp_path,
-        bench="code_completion",
-        method="snapkv",
-        budget=64,
-        scores=[("c/0", "lcc", {"score": 0.4}), ("c/1", "lcc", {"score": 0.2})],
-        headline="score",
-        meta=[{"length": 1024}, {"length": 1024}],
-    )
-    assert write_niah_figure([code], tmp_path / "niah_grid.png") is None
+    assert write_niah_figure([run], tmp_path / "niah_grid.png") is None
     assert not (tmp_path / "niah_grid.png").exists()
 
 
