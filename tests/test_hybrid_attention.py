@@ -312,6 +312,41 @@ def test_global_layers_keep_the_reference_positions(gemma, gemma_refs, name, set
     assert all(kept[i] == [WINDOW - 1] * KV_HEADS for i, t in enumerate(LAYER_TYPES) if t == S)
 
 
+@pytest.mark.parametrize("n", [WINDOW - 1, 3 * WINDOW + 5])
+def test_kvzip_evidence_is_the_models_own_attention_on_hybrid_layers(gemma, n):
+    """KVzip's reconstruction pass on a hybrid model, against transformers' eager attention.
+
+    With one chunk (``chunk_size`` >= n) and no tokenizer (the tiny model has no name: no instruction,
+    no template), the pass feeds the prompt again on top of its prefill, and each query's softmax runs
+    over every prompt entry and the pass's tokens so far. That is the eager attention of the prompt fed
+    twice in one forward, whose sliding layers see only their window: a replay that let a sliding layer
+    see the whole prompt, or kept the wrong window, changes the hidden states reaching the global
+    layers. Per global layer, KV head and prompt position the evidence must equal the largest eager
+    attention probability over the second copy's queries and the head's query group.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from lava.prefill import capture_prefill
+    from lava.scorers import KVzipScorer
+
+    ids = prompt(n, seed=13)
+    scorer = KVzipScorer(chunk_size=2048)
+    assert not gemma.config.name_or_path  # no tokenizer: the pass repeats the prompt alone
+    capture, _ = capture_prefill(gemma, ids, 1)
+    evidence = scorer.model_pass(gemma, ids, capture.pass_layers())
+
+    eager = AutoModelForCausalLM.from_config(gemma.config, attn_implementation="eager").eval()
+    eager.load_state_dict(gemma.state_dict())
+    with torch.no_grad():
+        attentions = eager(torch.cat([ids, ids], dim=1), output_attentions=True).attentions
+    group = gemma.config.num_attention_heads // KV_HEADS
+    assert len(evidence) == len(GLOBAL)
+    for share, i in zip(evidence, GLOBAL, strict=True):
+        probs = attentions[i][0, :, n:, :n]  # (Hq, n queries of the copy, n prompt keys)
+        expect = probs.reshape(KV_HEADS, group * n, n).amax(dim=1)
+        torch.testing.assert_close(share, expect, rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Budget invariants over the global layers (every method config of the registry)
 # ---------------------------------------------------------------------------------------------------------
