@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from run_folders import FIDELITY, make_run, per_sample
@@ -70,6 +71,32 @@ def test_head_budgets_supported_when_separated(tmp_path):
     assert by_rival["lava_layer_only"].diff == pytest.approx(2 / N)  # not separated at n=20
     assert claim.verdict("aware") == SUPPORTED
     assert any("ruler" in m for m in claim.missing) and any("infinitebench" in m for m in claim.missing)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_head_budgets_are_not_judged_on_one_kv_head(tmp_path, kv_heads):
+    """With one KV head per layer a head allocator has nothing to divide: lava_head_only beating
+    snapkv there is their scorers' difference, not head budgets' (Gemma 3 270M's NIAH runs made
+    claim (c) "supported" this way). Two KV heads: the same runs are compared and support it."""
+    for method, values in {"lava_head_only": [1] * N, "snapkv": [0] * N, "lava_layer_only": [1] * N}.items():
+        make_run(
+            tmp_path,
+            bench="niah",
+            method=method,
+            budget=64,
+            scores=per_sample("niah", values, "recall"),
+            headline="recall",
+            kept=np.full((N, 3, kv_heads), 64.0),  # (samples, layers, KV heads)
+        )
+    claim = head_budget_claim(find_runs(tmp_path))
+    if kv_heads == 1:
+        assert claim.comparisons == [] and claim.verdicts == {}
+        assert claim.notes == [
+            "left out, niah (all) on tiny: one KV head per layer, so head budgets have nothing to allocate"
+        ]
+        assert not any(m.startswith("niah") for m in claim.missing)  # run, not missing
+    else:
+        assert claim.verdict("aware") == SUPPORTED and claim.notes == []
 
 
 def test_contradicted_and_not_separable(tmp_path):
