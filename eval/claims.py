@@ -272,15 +272,15 @@ def _ablation_comparisons(
                 continue
             budgets = sorted({b for m, b in by_key if m == winner and b is not None})
             for budget in budgets:
-                reason = untestable(by_key[(winner, budget)])
+                run = by_key[(winner, budget)]
+                reason = untestable(run)
                 if reason is not None:
-                    run = by_key[(winner, budget)]
                     excluded[(name, label, run.model)] = reason
                     found.add((bench, bench_label(name)))  # run, but unable to test: not "missing"
                     continue
                 for other in (UNIFORM, rival):
                     if (other, budget) in by_key:
-                        comparison = compare(by_key[(winner, budget)], by_key[(other, budget)], keep, label)
+                        comparison = compare(run, by_key[(other, budget)], keep, label)
                         if comparison is not None:
                             comparisons.append(comparison)
                             found.add((bench, comparison.label))
